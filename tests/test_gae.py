@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_close, requires_cuda
+from helpers import assert_close, requires_cuda
 from gae_cases import DONE_PATTERNS, make_flags, make_gae_inputs
 from torchrl.objectives.value.functional import (
     generalized_advantage_estimate as torchrl_gae,

@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import assert_close
+from helpers import assert_close
 from gae_cases import DONE_PATTERNS, make_flags
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule

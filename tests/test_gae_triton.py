@@ -7,7 +7,7 @@ because the interpreter runs each program in numpy.
 
 import pytest
 import torch
-from conftest import assert_close, requires_interpreter
+from helpers import assert_close, requires_interpreter
 from gae_cases import DONE_PATTERNS, make_flags, make_gae_inputs
 
 from fastmarl.reference import gae_reference

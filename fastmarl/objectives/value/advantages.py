@@ -26,7 +26,7 @@ from torchrl.objectives.value.advantages import GAE as _TorchRLGAE
 from torchrl.objectives.value.advantages import MultiAgentGAE as _TorchRLMultiAgentGAE
 from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_set_skip_existing
 
-from fastmarl.objectives.value.functional import generalized_advantage_estimate
+from fastmarl.objectives.value.functional import _gae
 
 __all__ = ["GAE", "MultiAgentGAE"]
 
@@ -121,9 +121,9 @@ class GAE(_TorchRLGAE):
             # the same bits without the data-dependent branch (a sync, and a graph break).
             reward = torch.where(truncated, reward + gamma * value, reward)
             terminated = done
-        advantage, value_target = generalized_advantage_estimate(
-            gamma, lmbda, value, next_value, reward, done=done, terminated=terminated,
-            time_dim=time_dim,
+        advantage, value_target = _gae(
+            gamma, lmbda, value, next_value, reward, done, terminated, time_dim=time_dim,
+            check_discount_values=False,
         )
         return advantage, value_target, valid
 

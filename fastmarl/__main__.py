@@ -1,0 +1,5 @@
+import sys
+
+from fastmarl.cli import main
+
+sys.exit(main())
