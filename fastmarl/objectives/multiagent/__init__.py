@@ -1,0 +1,1 @@
+"""Drop-ins for :mod:`torchrl.objectives.multiagent`."""
