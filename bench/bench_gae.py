@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchutil import run_pedantic, selected_sizes
+from benchutil import run_pedantic, selected_sizes, skip_compiled_in_smoke_run
 from torchrl.objectives.value.functional import (
     generalized_advantage_estimate as torchrl_gae,
 )
@@ -92,6 +92,7 @@ def test_gae(benchmark, bench_device, size, provider):
         op="gae", size=size, B=B, T=T, A=A, device=bench_device, provider=provider,
         bytes=gae_bytes(B, T, A),
     )
+    skip_compiled_in_smoke_run(benchmark, provider)
     # Several input sets rotate for small problems; large ones are far bigger than any cache.
     n_sets = 4 if n_elements <= 1 << 20 else 1
     # Enough rounds for a stable median without the slow baselines taking minutes.

@@ -41,3 +41,10 @@ def run_pedantic(benchmark, fn, input_sets, device, *, rounds, warmup_rounds=2):
     synchronize(device)
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     return tuple(last)
+
+
+def skip_compiled_in_smoke_run(benchmark, provider: str) -> None:
+    """Compiled providers take about a minute each to compile on the CPU machine; a smoke run
+    (``--benchmark-disable``, CI) checks the eager providers only. tests/ covers compilation."""
+    if provider.endswith("compiled") and benchmark.disabled:
+        pytest.skip("compiled provider skipped in a --benchmark-disable smoke run (compile time)")

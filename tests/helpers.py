@@ -7,7 +7,7 @@ from fastmarl.ops._triton import HAS_TRITON, interpreting
 
 requires_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON),
-    reason="needs a CUDA device with Triton; the interpreter twin in test_*_triton.py covers the kernel on CPU",
+    reason="needs a CUDA device with Triton; its CPU twin (test_*_triton.py for kernels) runs instead",
 )
 requires_interpreter = pytest.mark.skipif(
     not (HAS_TRITON and interpreting()),

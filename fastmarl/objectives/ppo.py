@@ -1,0 +1,200 @@
+"""Drop-in ``ClipPPOLoss``: TorchRL's loss with the surrogate and critic loss as fused ops.
+
+Everything a user configures is TorchRL's (constructor, ``set_keys``, ``in_keys``/``out_keys``,
+value estimators, ``value_norm`` hooks, entropy handling, ``functional``, buffers that schedules
+anneal); ``forward`` computes the same entries with:
+
+- one ``torch.ops.fastmarl.ppo_clip`` call for the advantage standardisation (TorchRL's
+  ``_standardize`` path: mean and unbiased std clamped at 1e-6, per agent when the agent dim is
+  excluded), the log-space clipped surrogate with asymmetric ε, and ``clip_fraction``,
+  ``kl_approx``, ``ESS``, ``max_ratio``, ``mean_ratio``;
+- one ``torch.ops.fastmarl.ppo_critic`` call for the critic distance (l1 / l2 / smooth_l1),
+  ``clip_value``, ``value_clip_fraction``, ``critic_coeff``, the reduction and the explained
+  variance;
+- no per-call ``to_module`` parameter swap when the loss's parameter TensorDicts hold the
+  modules' own parameters (see :class:`fastmarl.objectives.common.FunctionalParams`), which also
+  keeps ``torch.compile`` from re-guarding every call.
+
+Configurations outside what the ops cover run TorchRL's own ``forward``, unchanged, so the
+numbers never differ silently: ``delay_actor=True``, ``max_importance_ratio``, composite
+action distributions, validity masks in the input (``("collector", "mask")``,
+``"shifted_valid"``), and log-weights with more dims than the advantage (per-token actions).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import CompositeDistribution, dispatch
+from torchrl.objectives.ppo import ClipPPOLoss as _TorchRLClipPPOLoss
+from torchrl.objectives.utils import _maybe_get_or_select, _reduce
+
+from fastmarl.functional import _ppo_clip, ppo_critic_loss
+from fastmarl.objectives.common import (
+    fastmarl_value_estimators,
+    make_value_estimator_with,
+    module_params_context,
+)
+
+__all__ = ["ClipPPOLoss"]
+
+_PARAM_NAMES = (
+    "actor_network_params",
+    "critic_network_params",
+    "target_actor_network_params",
+    "target_critic_network_params",
+)
+
+
+class FusedPPOMixin:
+    """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family."""
+
+    def make_value_estimator(self, value_type=None, **hyperparams):
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        keys = {name: getattr(self.tensor_keys, name) for name in (
+            "advantage", "value", "value_target", "reward", "done", "terminated", "sample_log_prob")}
+        if not make_value_estimator_with(self, fastmarl_value_estimators(), value_type, hp, keys):
+            super().make_value_estimator(value_type, **hyperparams)
+        return self
+
+    def _fused_supported(self) -> bool:
+        return not self.delay_actor and self.max_importance_ratio is None
+
+    def _has_loss_mask(self, tensordict: TensorDictBase) -> bool:
+        return any(tensordict.get(key, None) is not None for key in self._loss_mask_keys())
+
+    def _warn_normalization(self, advantage, tensordict):
+        # TorchRL's warning for a multi-agent advantage standardised across agents.
+        if (self.normalize_advantage and advantage.numel() > tensordict.batch_size.numel()
+                and not len(self.normalize_advantage_exclude_dims)):
+            warnings.warn(
+                "You requested advantage normalization and the advantage key has more dimensions"
+                " than the tensordict batch. Make sure to pass `normalize_advantage_exclude_dims` "
+                "if you want to keep any dimension independent while computing normalization statistics. "
+                "If you are working in multi-agent/multi-objective settings this is highly suggested."
+            )
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if not self._fused_supported() or self._has_loss_mask(tensordict):
+            return super().forward(tensordict)
+        # Shallow copy, as TorchRL: the estimator and the networks write into it, not the caller's.
+        data = tensordict.clone(False)
+        advantage = data.get(self.tensor_keys.advantage, None, as_padded_tensor=True)
+        update_norm = advantage is None
+        if advantage is None:
+            if self.critic_network is None:
+                raise RuntimeError(
+                    "Critic network is not specified, cannot compute advantage within forward."
+                )
+            self.value_estimator(
+                data,
+                params=self._cached_critic_network_params_detached,
+                target_params=self.target_critic_network_params,
+            )
+            if self._has_loss_mask(data):  # e.g. the estimator's "shifted_valid"
+                return super().forward(tensordict)
+            advantage = data.get(self.tensor_keys.advantage)
+        normalize = self.normalize_advantage
+        if self.advantage_norm is not None:
+            advantage = self._scale_advantage(advantage, data, update=update_norm)
+            normalize = False
+        elif normalize and advantage.numel() > 1:
+            self._warn_normalization(advantage, data)
+
+        adv_shape = advantage.shape[:-1]
+        prev_log_prob = _maybe_get_or_select(data, self.tensor_keys.sample_log_prob, adv_shape)
+        if prev_log_prob is None:
+            raise KeyError(f"Couldn't find the log-prob {self.tensor_keys.sample_log_prob} in the input data.")
+        if prev_log_prob.requires_grad:
+            raise RuntimeError(f"tensordict stored {self.tensor_keys.sample_log_prob} requires grad.")
+        with module_params_context(self, "actor_network"):
+            dist = self.actor_network.get_dist(data)
+        if isinstance(dist, CompositeDistribution):
+            return super().forward(tensordict)
+        action = _maybe_get_or_select(data, self.tensor_keys.action)
+        if action.requires_grad:
+            raise RuntimeError(f"tensordict stored {self.tensor_keys.action} requires grad.")
+        log_prob = dist.log_prob(action)
+        per_token = (advantage.shape[-1] == 1 and log_prob.ndim > len(adv_shape)
+                     and log_prob.shape[: len(adv_shape)] == adv_shape)
+        if per_token or not isinstance(prev_log_prob, torch.Tensor):
+            # One log-weight per action token against one advantage per decision: TorchRL
+            # broadcasts the advantage; the op covers one ratio per sample.
+            return super().forward(tensordict)
+
+        surrogate = _ppo_clip(
+            log_prob, prev_log_prob, advantage, *self._clip_bounds, normalize,
+            tuple(self.normalize_advantage_exclude_dims), self.reduction,
+        )
+        out = {
+            "loss_objective": surrogate["loss_objective"],
+            "clip_fraction": surrogate["clip_fraction"],
+            "kl_approx": surrogate["kl_approx"],
+        }
+        if self.entropy_bonus:
+            entropy = self._get_entropy(dist, adv_shape=adv_shape)
+            out["entropy"] = entropy.detach().mean()
+            out["loss_entropy"] = _reduce(self._weighted_loss_entropy(entropy), self.reduction).squeeze(-1)
+        if self._has_critic:
+            out.update(self._fused_loss_critic(data))
+        out["ESS"] = surrogate["ESS"]
+        out["max_ratio"] = surrogate["max_ratio"]
+        out["mean_ratio"] = surrogate["mean_ratio"]
+        td_out = TensorDict(out, batch_size=[])
+        self._clear_weakrefs(tensordict, td_out, *_PARAM_NAMES)
+        return td_out
+
+    def _fused_loss_critic(self, data: TensorDictBase) -> dict:
+        if self.separate_losses:
+            data = data.detach()
+        target_return = data.get(self.tensor_keys.value_target, None)
+        if target_return is None:
+            raise KeyError(
+                f"the key {self.tensor_keys.value_target} was not found in the input tensordict. "
+                f"Make sure you provided the right key and the value_target (i.e. the target "
+                f"return) has been retrieved accordingly. Advantage classes such as GAE, "
+                f"TDLambdaEstimate and TDEstimate all return a 'value_target' entry that "
+                f"can be used for the value loss."
+            )
+        old_state_value = None
+        if self.clip_value:
+            old_state_value = data.get(self.tensor_keys.value, None)
+            if old_state_value is None:
+                raise KeyError(
+                    f"clip_value is set to {self.clip_value}, but "
+                    f"the key {self.tensor_keys.value} was not found in the input tensordict. "
+                    f"Make sure that the 'value_key' passed to PPO exists in the input tensordict."
+                )
+        with module_params_context(self, "critic_network"):
+            state_value = self.critic_network(data).get(self.tensor_keys.value, None)
+        if state_value is None:
+            raise KeyError(
+                f"the key {self.tensor_keys.value} was not found in the critic output tensordict. "
+                f"Make sure that the 'value_key' passed to PPO is accurate."
+            )
+        # TorchRL's hook (MAPPOLoss/IPPOLoss push the three through their ValueNorm here).
+        target_return, state_value, old_state_value = self._critic_loss_inputs(
+            target_return, state_value, old_state_value
+        )
+        out = ppo_critic_loss(
+            state_value, target_return, old_value=old_state_value,
+            clip_value=self.clip_value if self.clip_value else None,
+            coeff=self.critic_coeff, loss_critic_type=self.loss_critic_type,
+            reduction=self.reduction, explained_variance=self.log_explained_variance,
+        )
+        # TorchRL's order: loss_critic, value_clip_fraction, explained_variance.
+        return {key: out[key] for key in ("loss_critic", "value_clip_fraction", "explained_variance") if key in out}
+
+
+class ClipPPOLoss(FusedPPOMixin, _TorchRLClipPPOLoss):
+    __doc__ = (
+        "fastmarl's :class:`torchrl.objectives.ClipPPOLoss`: same constructor, keys and outputs; "
+        "the surrogate and the critic loss run as fused ops (see :mod:`fastmarl.objectives.ppo` "
+        "for what falls back to TorchRL's math). ``ValueEstimators.GAE``/``MAGAE`` build "
+        "fastmarl's estimators.\n\n" + (_TorchRLClipPPOLoss.__doc__ or "")
+    )

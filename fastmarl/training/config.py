@@ -1,0 +1,132 @@
+"""Configuration of ``fastmarl train``: the seed tutorial's defaults, validated before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+ALGOS = ("mappo", "ippo", "qmix")
+BACKENDS = ("fastmarl", "torchrl")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the seed tutorial's (MAPPO/IPPO on VMAS Navigation).
+
+    PPO fields follow the tutorial; QMIX fields apply to ``algo="qmix"`` only.
+    """
+
+    algo: str = "mappo"
+    """``mappo`` (centralised critic), ``ippo`` (per-agent critic) or ``qmix``."""
+    backend: str = "fastmarl"
+    """Where the losses and value estimator come from: ``fastmarl`` or ``torchrl``. Nothing else
+    differs between the two, so a comparison measures the library, not the script."""
+    scenario: str = "navigation"
+    """A VMAS scenario name."""
+    n_agents: int = 3
+    iters: int = 10
+    """Collection + update iterations."""
+    frames_per_batch: int = 6_000
+    """Frames collected per iteration: ``num_envs`` vectorised environments x ``max_steps``."""
+    max_steps: int = 100
+    """Episode length; also the rollout length per iteration for PPO."""
+    epochs: int = 30
+    """PPO epochs over each batch."""
+    minibatch: int = 400
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    clip_epsilon: float = 0.2
+    gamma: float = 0.99
+    lmbda: float = 0.9
+    entropy_coeff: float = 1e-4
+    num_cells: int = 256
+    depth: int = 2
+    share_params: bool = True
+    """Share the policy's (and critic's) parameters across agents, as the tutorial does."""
+    device: str = "cpu"
+    """Training device (``cpu``, ``cuda``, ``cuda:1``); VMAS runs there too."""
+    seed: int = 0
+    compile: bool = False
+    """Run the update step (loss forward and backward) under ``torch.compile``."""
+    # QMIX
+    continuous_actions: bool = False
+    """Always False for QMIX (discrete actions); PPO uses continuous actions."""
+    buffer_size: int = 100_000
+    qmix_updates_per_iter: int = 20
+    """Gradient steps per iteration for QMIX (one minibatch each)."""
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_decay_frac: float = 0.5
+    """Fraction of the run over which ε-greedy exploration anneals from start to end."""
+    target_tau: float = 0.005
+    """Soft update rate of the QMIX target networks."""
+    mixing_embed_dim: int = 32
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_envs(self) -> int:
+        return self.frames_per_batch // self.max_steps
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration field(s) {unknown}")
+        return cls(**data)
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ``ValueError`` with a clear message for any option that cannot work.
+
+    Runs before an environment is made or a network built.
+    """
+    import vmas
+
+    if config.algo not in ALGOS:
+        raise ValueError(f"--algo must be one of {list(ALGOS)}, got {config.algo!r}")
+    if config.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {list(BACKENDS)}, got {config.backend!r}")
+    known = sorted(set(vmas.scenarios) | set(vmas.mpe_scenarios) | set(vmas.debug_scenarios))
+    if config.scenario not in known:
+        raise ValueError(f"--scenario {config.scenario!r} is not a VMAS scenario; known: {', '.join(known)}")
+    positive = {
+        "--n-agents": config.n_agents, "--iters": config.iters, "--frames-per-batch": config.frames_per_batch,
+        "--max-steps": config.max_steps, "--epochs": config.epochs, "--minibatch": config.minibatch,
+        "--num-cells": config.num_cells, "--depth": config.depth, "--buffer-size": config.buffer_size,
+        "--qmix-updates-per-iter": config.qmix_updates_per_iter,
+    }
+    for name, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.frames_per_batch % config.max_steps:
+        raise ValueError(
+            f"--frames-per-batch {config.frames_per_batch} is not divisible by --max-steps "
+            f"{config.max_steps}: each iteration collects num_envs x max_steps frames"
+        )
+    if config.algo != "qmix" and config.minibatch > config.frames_per_batch:
+        raise ValueError(
+            f"--minibatch {config.minibatch} is larger than --frames-per-batch {config.frames_per_batch}"
+        )
+    for name, value in {"--lr": config.lr, "--max-grad-norm": config.max_grad_norm}.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    for name, value in {"--gamma": config.gamma, "--lmbda": config.lmbda, "--eps-start": config.eps_start,
+                        "--eps-end": config.eps_end, "--target-tau": config.target_tau}.items():
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if not 0 < config.clip_epsilon < 1:
+        raise ValueError(f"--clip-epsilon must lie in (0, 1), got {config.clip_epsilon}")
+    if config.entropy_coeff < 0:
+        raise ValueError(f"--entropy-coeff must be non-negative, got {config.entropy_coeff}")
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no CUDA device is available")
+    elif config.device != "cpu":
+        raise ValueError(f"--device must be cpu or cuda[:N], got {config.device!r}")

@@ -1,0 +1,199 @@
+"""MAPPO / IPPO on VMAS: the seed tutorial's training loop, timed phase by phase.
+
+The code is the tutorial's (VMAS Navigation, MultiAgentMLP 2x256 Tanh with shared parameters,
+TanhNormal policy, ``ClipPPOLoss`` with ``normalize_advantage=False`` and GAE from
+``make_value_estimator``), with two changes: ``backend`` picks where ``ClipPPOLoss`` and
+``ValueEstimators`` are imported from, and each phase is timed. MAPPO's critic is centralised,
+IPPO's per agent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import torch
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data.replay_buffers import ReplayBuffer
+from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
+from torchrl.data.replay_buffers.storages import LazyTensorStorage
+from torchrl.envs import RewardSum, TransformedEnv
+from torchrl.envs.libs.vmas import VmasEnv
+from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
+
+from fastmarl.training.config import TrainConfig
+
+
+def loss_imports(backend: str):
+    """``(ClipPPOLoss, ValueEstimators)`` from ``fastmarl.objectives`` or ``torchrl.objectives``."""
+    module = importlib.import_module(f"{backend}.objectives")
+    return module.ClipPPOLoss, module.ValueEstimators
+
+
+def make_env(config: TrainConfig, continuous_actions: bool) -> TransformedEnv:
+    env = VmasEnv(
+        scenario=config.scenario, num_envs=config.num_envs, continuous_actions=continuous_actions,
+        max_steps=config.max_steps, device=config.device, n_agents=config.n_agents, seed=config.seed,
+    )
+    return TransformedEnv(env, RewardSum(in_keys=[env.reward_key], out_keys=[("agents", "episode_reward")]))
+
+
+def make_networks(config: TrainConfig, env) -> tuple[ProbabilisticActor, TensorDictModule]:
+    n_obs = env.observation_spec["agents", "observation"].shape[-1]
+    # The tutorial's env.action_spec.shape[-1] is no longer the per-agent action size in
+    # TorchRL 0.14 (VMAS then asserts on the action shape); the full action spec's is.
+    n_actions = env.full_action_spec[env.action_key].shape[-1]
+    policy_net = nn.Sequential(
+        MultiAgentMLP(
+            n_agent_inputs=n_obs, n_agent_outputs=2 * n_actions, n_agents=env.n_agents, centralised=False,
+            share_params=config.share_params, device=config.device, depth=config.depth,
+            num_cells=config.num_cells, activation_class=nn.Tanh,
+        ),
+        NormalParamExtractor(),
+    )
+    policy = ProbabilisticActor(
+        module=TensorDictModule(policy_net, in_keys=[("agents", "observation")],
+                                out_keys=[("agents", "loc"), ("agents", "scale")]),
+        spec=env.full_action_spec_unbatched,
+        in_keys=[("agents", "loc"), ("agents", "scale")],
+        out_keys=[env.action_key],
+        distribution_class=TanhNormal,
+        distribution_kwargs={
+            "low": env.full_action_spec_unbatched[env.action_key].space.low,
+            "high": env.full_action_spec_unbatched[env.action_key].space.high,
+        },
+        return_log_prob=True,
+        log_prob_key=("agents", "sample_log_prob"),
+    )
+    critic_net = MultiAgentMLP(
+        n_agent_inputs=n_obs, n_agent_outputs=1, n_agents=env.n_agents, centralised=config.algo == "mappo",
+        share_params=config.share_params, device=config.device, depth=config.depth, num_cells=config.num_cells,
+        activation_class=nn.Tanh,
+    )
+    critic = TensorDictModule(critic_net, in_keys=[("agents", "observation")], out_keys=[("agents", "state_value")])
+    return policy, critic
+
+
+class CollectingTrainer:
+    """The collector plumbing both trainers share: ``start`` before the first ``step``."""
+
+    config: TrainConfig
+    env: TransformedEnv
+    policy: nn.Module
+    _collector = None
+
+    def start(self, remaining_iters: int) -> None:
+        self._collector = Collector(
+            self.env, self.policy, device=self.config.device, storing_device=self.config.device,
+            frames_per_batch=self.config.frames_per_batch,
+            total_frames=self.config.frames_per_batch * remaining_iters,
+            # The MLP policies need no InitTracker; opt out of TorchRL 0.15's auto-registration.
+            auto_register_policy_transforms=False,
+        )
+        self._batches = iter(self._collector)
+
+    def collect(self):
+        with self.timer("collection"):
+            return next(self._batches)
+
+    def close(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+
+
+class PPOTrainer(CollectingTrainer):
+    """State of one MAPPO/IPPO run; ``step()`` runs one iteration and returns its metrics."""
+
+    def __init__(self, config: TrainConfig, timer):
+        self.config = config
+        self.timer = timer
+        torch.manual_seed(config.seed)
+        self.env = make_env(config, continuous_actions=True)
+        self.policy, self.critic = make_networks(config, self.env)
+        ClipPPOLoss, ValueEstimators = loss_imports(config.backend)
+        self.loss = ClipPPOLoss(
+            actor_network=self.policy, critic_network=self.critic, clip_epsilon=config.clip_epsilon,
+            entropy_coeff=config.entropy_coeff, normalize_advantage=False,
+        )
+        self.loss.set_keys(
+            reward=self.env.reward_key, action=self.env.action_key, sample_log_prob=("agents", "sample_log_prob"),
+            value=("agents", "state_value"), done=("agents", "done"), terminated=("agents", "terminated"),
+        )
+        self.loss.make_value_estimator(ValueEstimators.GAE, gamma=config.gamma, lmbda=config.lmbda)
+        self.gae = self.loss.value_estimator
+        self.optim = torch.optim.Adam(self.loss.parameters(), config.lr)
+        self.buffer = ReplayBuffer(
+            storage=LazyTensorStorage(config.frames_per_batch, device=config.device),
+            sampler=SamplerWithoutReplacement(), batch_size=config.minibatch,
+        )
+        self.update = torch.compile(self._loss_forward_backward) if config.compile else None
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.optim.load_state_dict(state["optim"])
+
+    def _loss_forward_backward(self, subdata):
+        losses = self.loss(subdata)
+        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+        total.backward()
+        return losses["loss_objective"].detach(), losses["loss_critic"].detach(), losses["loss_entropy"].detach()
+
+    def step(self) -> dict:
+        config, timer = self.config, self.timer
+        start = time.perf_counter()
+        data = self.collect()
+        # The tutorial's layout: done/terminated expanded (as views) to the per-agent reward shape.
+        reward_shape = data.get_item_shape(("next", self.env.reward_key))
+        for key in ("done", "terminated"):
+            data.set(("next", "agents", key), data.get(("next", key)).unsqueeze(-1).expand(reward_shape))
+        with timer("gae"), torch.no_grad():
+            self.gae(data, params=self.loss.critic_network_params,
+                     target_params=self.loss.target_critic_network_params)
+        self.buffer.extend(data.reshape(-1))
+        sums = torch.zeros(3)
+        first = None
+        steps = 0
+        for _ in range(config.epochs):
+            for _ in range(config.frames_per_batch // config.minibatch):
+                with timer("sample"):
+                    subdata = self.buffer.sample()
+                if self.update is not None:
+                    with timer("loss_forward_backward"):
+                        values = self.update(subdata)
+                else:
+                    with timer("loss_forward"):
+                        losses = self.loss(subdata)
+                        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                    with timer("backward"):
+                        total.backward()
+                    values = (losses["loss_objective"].detach(), losses["loss_critic"].detach(),
+                              losses["loss_entropy"].detach())
+                with timer("optimizer"):
+                    torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
+                    self.optim.step()
+                    self.optim.zero_grad()
+                values = torch.stack([v.float().cpu() for v in values])
+                if first is None:
+                    first = values
+                sums += values
+                steps += 1
+        self._collector.update_policy_weights_()
+        done = data.get(("next", "agents", "done"))
+        rewards = data.get(("next", "agents", "episode_reward"))[done]
+        seconds = time.perf_counter() - start
+        means = sums / steps
+        return {
+            "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
+            "episodes": int(data.get(("next", "done")).sum().item()),
+            "loss_objective": means[0].item(), "loss_critic": means[1].item(), "loss_entropy": means[2].item(),
+            "first_loss_objective": first[0].item(), "first_loss_critic": first[1].item(),
+            "first_loss_entropy": first[2].item(),
+            "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
+        }

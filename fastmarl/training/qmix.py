@@ -1,0 +1,144 @@
+"""QMIX on a discrete-action VMAS scenario, timed phase by phase.
+
+Per-agent Q-network (MultiAgentMLP with shared parameters) -> ``QValueModule`` (greedy action,
+chosen Q-value) -> ε-greedy exploration for collection; a ``QMixer`` over the concatenated
+agent observations as global state; ``QMixerLoss`` with target networks (soft updates), TD(0)
+targets and a replay buffer. The team reward is the agents' mean reward. ``backend`` picks where
+``QMixer`` and ``QMixerLoss`` come from (fastmarl's fuse the mixer into one op).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.data.replay_buffers import ReplayBuffer
+from torchrl.data.replay_buffers.storages import LazyTensorStorage
+from torchrl.modules import EGreedyModule, MultiAgentMLP, QValueModule, SafeSequential
+from torchrl.objectives import SoftUpdate
+
+from fastmarl.training.config import TrainConfig
+from fastmarl.training.ppo import CollectingTrainer, make_env
+
+
+def qmix_imports(backend: str):
+    """``(QMixer, QMixerLoss, ValueEstimators)`` from fastmarl or TorchRL."""
+    modules = importlib.import_module(f"{backend}.modules")
+    objectives = importlib.import_module(f"{backend}.objectives")
+    return modules.QMixer, objectives.QMixerLoss, objectives.ValueEstimators
+
+
+def add_team_signals(data, n_agents: int):
+    """The mixer's global state (all agents' observations) and the team reward (their mean)."""
+    for prefix in ((), ("next",)):
+        obs = data.get((*prefix, "agents", "observation"))
+        data.set((*prefix, "state"), obs.flatten(-2))
+    data.set(("next", "reward"), data.get(("next", "agents", "reward")).mean(-2))
+    return data
+
+
+class QMIXTrainer(CollectingTrainer):
+    """State of one QMIX run; ``step()`` collects one batch and runs the updates."""
+
+    def __init__(self, config: TrainConfig, timer):
+        self.config = config
+        self.timer = timer
+        torch.manual_seed(config.seed)
+        self.env = make_env(config, continuous_actions=False)
+        env = self.env
+        n_obs = env.observation_spec["agents", "observation"].shape[-1]
+        action_spec = env.full_action_spec_unbatched[env.action_key]
+        n_actions = action_spec.space.n
+        q_net = TensorDictModule(
+            MultiAgentMLP(n_agent_inputs=n_obs, n_agent_outputs=n_actions, n_agents=env.n_agents,
+                          centralised=False, share_params=config.share_params, device=config.device,
+                          depth=config.depth, num_cells=config.num_cells, activation_class=nn.Tanh),
+            in_keys=[("agents", "observation")], out_keys=[("agents", "action_value")],
+        )
+        value_module = QValueModule(
+            action_value_key=("agents", "action_value"),
+            out_keys=[env.action_key, ("agents", "action_value"), ("agents", "chosen_action_value")],
+            spec=env.full_action_spec_unbatched, action_space=None,
+        )
+        self.qnet = SafeSequential(q_net, value_module)
+        total_frames = config.frames_per_batch * config.iters
+        self.explore = EGreedyModule(
+            eps_init=config.eps_start, eps_end=config.eps_end,
+            annealing_num_steps=max(1, int(total_frames * config.eps_decay_frac)),
+            action_key=env.action_key, spec=env.full_action_spec_unbatched,
+        )
+        self.policy = TensorDictSequential(self.qnet, self.explore)
+        QMixer, QMixerLoss, ValueEstimators = qmix_imports(config.backend)
+        self.mixer = TensorDictModule(
+            QMixer(state_shape=(env.n_agents * n_obs,), mixing_embed_dim=config.mixing_embed_dim,
+                   n_agents=env.n_agents, device=config.device),
+            in_keys=[("agents", "chosen_action_value"), "state"], out_keys=["chosen_action_value"],
+        )
+        self.loss = QMixerLoss(self.qnet, self.mixer, delay_value=True, action_space=action_spec)
+        self.loss.set_keys(
+            action_value=("agents", "action_value"), local_value=("agents", "chosen_action_value"),
+            global_value="chosen_action_value", action=env.action_key,
+        )
+        self.loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
+        self.target_updater = SoftUpdate(self.loss, tau=config.target_tau)
+        self.optim = torch.optim.Adam(self.loss.parameters(), config.lr)
+        self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=config.device),
+                                   batch_size=config.minibatch)
+        self.update = torch.compile(self._loss_forward_backward) if config.compile else None
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.state_dict(), "optim": self.optim.state_dict(),
+                "explore": self.explore.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss.load_state_dict(state["loss"])
+        self.optim.load_state_dict(state["optim"])
+        self.explore.load_state_dict(state["explore"])
+
+    def _loss_forward_backward(self, subdata):
+        loss = self.loss(subdata)["loss"]
+        loss.backward()
+        return loss.detach()
+
+    def step(self) -> dict:
+        config, timer = self.config, self.timer
+        start = time.perf_counter()
+        data = self.collect()
+        add_team_signals(data, self.env.n_agents)
+        self.buffer.extend(data.reshape(-1))
+        self.explore.step(data.numel())
+        total, first = 0.0, None
+        for _ in range(config.qmix_updates_per_iter):
+            with timer("sample"):
+                subdata = self.buffer.sample()
+            if self.update is not None:
+                with timer("loss_forward_backward"):
+                    loss = self.update(subdata)
+            else:
+                with timer("loss_forward"):
+                    loss = self.loss(subdata)["loss"]
+                with timer("backward"):
+                    loss.backward()
+                loss = loss.detach()
+            with timer("optimizer"):
+                torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
+                self.optim.step()
+                self.optim.zero_grad()
+                self.target_updater.step()
+            value = loss.float().item()
+            first = value if first is None else first
+            total += value
+        self._collector.update_policy_weights_()
+        done = data.get(("next", "done"))
+        rewards = data.get(("next", "agents", "episode_reward")).mean(-2)[done]
+        seconds = time.perf_counter() - start
+        return {
+            "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
+            "episodes": int(done.sum().item()),
+            "loss": total / config.qmix_updates_per_iter, "first_loss": first,
+            "epsilon": float(self.explore.eps),
+            "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
+        }

@@ -1,0 +1,325 @@
+"""fastmarl's ClipPPOLoss / MAPPOLoss / IPPOLoss against TorchRL's on identical TensorDicts.
+
+Both losses share the same actor and critic modules; the global RNG is reseeded before each
+forward because TanhNormal's entropy is a Monte-Carlo estimate. Every output entry and every
+parameter gradient is compared.
+"""
+
+import copy
+import inspect
+import warnings
+
+import pytest
+import torch
+from helpers import assert_close
+from ppo_cases import KEYS, OBS, make_actor, make_batch, make_critic
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from torchrl.modules import PopArtValueNorm, RunningValueNorm
+from torchrl.objectives import ClipPPOLoss as TorchRLClipPPOLoss
+from torchrl.objectives import ValueEstimators
+from torchrl.objectives.multiagent import IPPOLoss as TorchRLIPPOLoss
+from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
+from torchrl.objectives.value import GAE as TorchRLGAE
+from torchrl.objectives.value import TD0Estimator
+
+import fastmarl.objectives as fm
+import fastmarl.objectives.multiagent as fm_multiagent
+from fastmarl.objectives.value import GAE, MultiAgentGAE
+
+PAIRS = {
+    "ClipPPOLoss": (fm.ClipPPOLoss, TorchRLClipPPOLoss),
+    "MAPPOLoss": (fm.MAPPOLoss, TorchRLMAPPOLoss),
+    "IPPOLoss": (fm.IPPOLoss, TorchRLIPPOLoss),
+}
+
+
+def build(cls, actor, critic, keys=KEYS, **kwargs):
+    loss = cls(actor, critic, **kwargs)
+    loss.set_keys(**keys)
+    return loss
+
+
+def run(loss, td, seed=7):
+    torch.manual_seed(seed)
+    out = loss(td)
+    total = sum(v.sum() for k, v in out.items() if k.startswith("loss_"))
+    params = [p for p in loss.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(total, params, allow_unused=True)
+    return out, grads
+
+
+def assert_same(ours, theirs, rtol=1e-5, atol=1e-6):
+    (out_a, grads_a), (out_b, grads_b) = ours, theirs
+    assert list(out_a.keys()) == list(out_b.keys())
+    for key in out_b.keys():
+        assert out_a[key].shape == out_b[key].shape, key
+        assert_close(out_a[key], out_b[key], atol=atol, rtol=rtol, name=key)
+    assert len(grads_a) == len(grads_b)
+    for i, (a, b) in enumerate(zip(grads_a, grads_b)):
+        assert (a is None) == (b is None), i
+        if a is not None:
+            assert_close(a, b, atol=atol, rtol=rtol, name=f"grad[{i}]")
+
+
+CONFIGS = [
+    pytest.param("ClipPPOLoss", dict(normalize_advantage=False, entropy_coeff=1e-4), id="tutorial-clip"),
+    pytest.param("ClipPPOLoss", dict(normalize_advantage=True, normalize_advantage_exclude_dims=(-2,)), id="clip-per-agent-std"),
+    pytest.param("ClipPPOLoss", dict(normalize_advantage=True), id="clip-global-std"),
+    pytest.param("ClipPPOLoss", dict(clip_epsilon=(0.1, 0.3), loss_critic_type="l2"), id="asymmetric-l2"),
+    pytest.param("ClipPPOLoss", dict(clip_value=0.3, loss_critic_type="l1"), id="clip-value-l1"),
+    pytest.param("ClipPPOLoss", dict(clip_value=True), id="clip-value-true"),
+    pytest.param("ClipPPOLoss", dict(reduction="sum", critic_coeff=0.5), id="sum-coeff"),
+    pytest.param("ClipPPOLoss", dict(reduction="none", clip_value=0.2), id="none"),
+    pytest.param("ClipPPOLoss", dict(entropy_bonus=False, log_explained_variance=False), id="no-entropy-no-ev"),
+    pytest.param("ClipPPOLoss", dict(critic_coeff=0), id="no-critic"),
+    pytest.param("ClipPPOLoss", dict(functional=False), id="non-functional"),
+    pytest.param("ClipPPOLoss", dict(normalize_advantage=True, normalize_advantage_exclude_dims=(-1,)), id="exclude-last"),
+    pytest.param("MAPPOLoss", dict(), id="mappo-default"),
+    pytest.param("MAPPOLoss", dict(value_norm=PopArtValueNorm(shape=1), clip_value=0.2), id="mappo-popart-clip"),
+    pytest.param("MAPPOLoss", dict(value_norm=RunningValueNorm(shape=1), loss_critic_type="l2"), id="mappo-running-norm"),
+    pytest.param("MAPPOLoss", dict(entropy_coeff=0.0, separate_losses=True), id="mappo-separate"),
+    pytest.param("IPPOLoss", dict(), id="ippo-default"),
+    pytest.param("IPPOLoss", dict(reduction="none"), id="ippo-none"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS)
+@pytest.mark.parametrize("N", [1, 37, 400])
+def test_outputs_and_gradients_match_torchrl(name, kwargs, N):
+    ours_cls, theirs_cls = PAIRS[name]
+    centralised = name != "IPPOLoss"
+    actor, critic = make_actor(), make_critic(centralised=centralised)
+    td = make_batch(N)
+    results = []
+    for cls in (ours_cls, theirs_cls):
+        # A ValueNorm is stateful (its statistics update on every call): each loss gets its own.
+        kw = {k: copy.deepcopy(v) if k == "value_norm" else v for k, v in kwargs.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.append(run(build(cls, actor, critic, **kw), td))
+    assert_same(*results)
+
+
+def test_single_agent_and_odd_sizes():
+    actor, critic = make_actor(n_agents=1), make_critic(n_agents=1)
+    td = make_batch(53, n_agents=1)
+    results = [run(build(cls, actor, critic, normalize_advantage=True), td)
+               for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results)
+
+
+def test_all_equal_advantages_and_extreme_log_ratios():
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(64, advantage=torch.full((64, 3, 1), 0.5))
+    results = [run(build(cls, actor, critic), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results)
+    td = make_batch(64, log_ratio_scale=30.0)
+    results = [run(build(cls, actor, critic), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results, rtol=1e-5, atol=1e-4)
+    for value in results[0][0].values():
+        assert torch.isfinite(value).all()
+
+
+def test_shared_trunk_with_separate_losses():
+    # Actor and critic share a trunk; separate_losses keeps the critic loss off it, which
+    # TorchRL does with detached leaves in critic_network_params (fastmarl must then swap).
+    torch.manual_seed(0)
+    trunk = TensorDictModule(torch.nn.Linear(OBS, 16), in_keys=[("agents", "observation")], out_keys=[("agents", "hidden")])
+    head = TensorDictModule(torch.nn.Sequential(torch.nn.Linear(16, 4), torch.nn.Unflatten(-1, (2, 2))),
+                            in_keys=[("agents", "hidden")], out_keys=[("agents", "params")])
+    split = TensorDictModule(lambda p: (p[..., 0, :], torch.nn.functional.softplus(p[..., 1, :]) + 1e-3),
+                             in_keys=[("agents", "params")], out_keys=[("agents", "loc"), ("agents", "scale")])
+    from torchrl.modules import ProbabilisticActor, TanhNormal
+
+    actor = ProbabilisticActor(TensorDictSequential(trunk, head, split), in_keys=[("agents", "loc"), ("agents", "scale")],
+                               out_keys=[("agents", "action")], distribution_class=TanhNormal,
+                               distribution_kwargs={"low": -1.0, "high": 1.0}, return_log_prob=True,
+                               log_prob_key=("agents", "sample_log_prob"))
+    critic = TensorDictSequential(trunk, TensorDictModule(torch.nn.Linear(16, 1), in_keys=[("agents", "hidden")],
+                                                          out_keys=[("agents", "state_value")]))
+    td = make_batch(40)
+    results = [run(build(cls, actor, critic, separate_losses=True), td) for cls in (fm.ClipPPOLoss, TorchRLClipPPOLoss)]
+    assert_same(*results)
+
+
+@pytest.mark.parametrize("kwargs", [dict(delay_actor=True), dict(max_importance_ratio=2.0)], ids=["delay-actor", "ratio-cap"])
+def test_configurations_outside_the_kernel_run_torchrl_math(kwargs):
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(40)
+    results = [run(build(cls, actor, critic, **kwargs), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results, rtol=0, atol=0)
+
+
+def test_validity_mask_in_the_data_runs_torchrl_math():
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(40)
+    td.set(("collector", "mask"), torch.rand(40) < 0.7)
+    results = [run(build(cls, actor, critic, normalize_advantage=True), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results, rtol=0, atol=0)
+
+
+def _rollout(B, T, n_agents=3, seed=3):
+    """A [B, T] rollout with per-agent reward and done, the value estimator's inputs."""
+    g = torch.Generator().manual_seed(seed)
+    flat = make_batch(B * T, n_agents, seed=seed)
+    td = TensorDict(batch_size=[B, T])
+    for key in (("agents", "observation"), ("agents", "action"), ("agents", "sample_log_prob")):
+        td.set(key, flat.get(key).reshape(B, T, *flat.get(key).shape[1:]))
+    done = torch.rand(B, T, 1, 1, generator=g) < 0.2
+    td.set(("next", "agents", "observation"), torch.randn(B, T, n_agents, OBS, generator=g))
+    td.set(("next", "agents", "reward"), torch.randn(B, T, n_agents, 1, generator=g))
+    td.set(("next", "agents", "done"), done.expand(B, T, n_agents, 1))
+    td.set(("next", "agents", "terminated"), done.expand(B, T, n_agents, 1))
+    return td
+
+
+def test_advantage_computed_inside_the_loss_uses_fastmarl_gae():
+    actor, critic = make_actor(), make_critic()
+    td = _rollout(2, 30)
+    losses = [build(cls, actor, critic) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert type(losses[0].value_estimator) is MultiAgentGAE
+    results = [run(loss, td) for loss in losses]
+    assert_same(*results)
+
+
+def test_seed_tutorial_configuration_by_import_swap():
+    """The tutorial: ClipPPOLoss(normalize_advantage=False) + set_keys + GAE via ValueEstimators."""
+    actor, critic = make_actor(), make_critic()
+    rollout = _rollout(60, 5)
+    results = []
+    for cls, gae_cls in ((fm.ClipPPOLoss, GAE), (TorchRLClipPPOLoss, TorchRLGAE)):
+        loss = cls(actor_network=actor, critic_network=critic, clip_epsilon=0.2, entropy_coeff=1e-4,
+                   normalize_advantage=False)
+        loss.set_keys(reward=("agents", "reward"), action=("agents", "action"),
+                      sample_log_prob=("agents", "sample_log_prob"), value=("agents", "state_value"),
+                      done=("agents", "done"), terminated=("agents", "terminated"))
+        loss.make_value_estimator(ValueEstimators.GAE, gamma=0.99, lmbda=0.9)
+        estimator = loss.value_estimator
+        assert type(estimator) is gae_cls
+        data = rollout.clone()
+        with torch.no_grad():
+            estimator(data, params=loss.critic_network_params, target_params=loss.target_critic_network_params)
+        results.append(run(loss, data.reshape(-1)))
+    assert_same(*results)
+
+
+def test_seed_objectives_page_mappo_example():
+    actor, critic = make_actor(), make_critic()
+    loss = fm_multiagent.MAPPOLoss(actor, critic, value_norm=PopArtValueNorm(shape=1))
+    loss.set_keys(value=("agents", "state_value"), action=("agents", "action"))
+    loss.set_keys(sample_log_prob=("agents", "sample_log_prob"))
+    out, grads = run(loss, make_batch(32))
+    assert set(out.keys()) >= {"loss_objective", "loss_critic", "loss_entropy", "ESS", "explained_variance"}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_same_public_surface_as_torchrl():
+    actor, critic = make_actor(), make_critic()
+    for name, (ours, theirs) in PAIRS.items():
+        assert issubclass(ours, theirs)
+        assert inspect.signature(ours.__init__) == inspect.signature(theirs.__init__)
+        a, b = build(ours, actor, critic), build(theirs, actor, critic)
+        assert sorted(map(str, a.in_keys)) == sorted(map(str, b.in_keys))
+        assert a.out_keys == b.out_keys
+        assert type(a).default_value_estimator == type(b).default_value_estimator
+    assert fm.ClipPPOLoss is fm.ppo.ClipPPOLoss
+    assert fm_multiagent.MAPPOLoss is fm.MAPPOLoss and fm_multiagent.IPPOLoss is fm.IPPOLoss
+
+
+def test_value_estimators_fastmarl_for_gae_torchrl_otherwise():
+    actor, critic = make_actor(), make_critic()
+    loss = build(fm.ClipPPOLoss, actor, critic)
+    assert type(loss.value_estimator) is GAE
+    assert loss.value_type is ValueEstimators.GAE
+    assert loss.value_estimator.tensor_keys.value == ("agents", "state_value")
+    loss.make_value_estimator(ValueEstimators.MAGAE, gamma=0.9, lmbda=0.8)
+    assert type(loss.value_estimator) is MultiAgentGAE and float(loss.value_estimator.gamma) == pytest.approx(0.9)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=0.9)
+    assert type(loss.value_estimator) is TD0Estimator
+    assert type(build(fm.IPPOLoss, actor, make_critic(centralised=False)).value_estimator) is MultiAgentGAE
+    # TorchRL's own losses are untouched.
+    assert type(build(TorchRLMAPPOLoss, actor, critic).value_estimator).__module__.startswith("torchrl")
+
+
+def _plain_actor():
+    # nn.Linear leaves live in the module's own _parameters, not in a TensorDict it shares with
+    # the loss: replacing a leaf of actor_network_params leaves the module behind.
+    from torchrl.modules import ProbabilisticActor, TanhNormal
+
+    torch.manual_seed(0)
+    net = TensorDictModule(torch.nn.Sequential(torch.nn.Linear(OBS, 2 * 2), NormalParamExtractor()),
+                           in_keys=[("agents", "observation")], out_keys=[("agents", "loc"), ("agents", "scale")])
+    return ProbabilisticActor(net, in_keys=[("agents", "loc"), ("agents", "scale")], out_keys=[("agents", "action")],
+                              distribution_class=TanhNormal, distribution_kwargs={"low": -1.0, "high": 1.0},
+                              return_log_prob=True, log_prob_key=("agents", "sample_log_prob"))
+
+
+@pytest.mark.parametrize("make", [make_actor, _plain_actor], ids=["multiagent-mlp", "plain-linear"])
+def test_replaced_parameter_leaf_is_used(make):
+    td = make_batch(40)
+    results = []
+    for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss):
+        loss = build(cls, make(), make_critic())  # own copies: the replacement must not leak
+        key = next(iter(loss.actor_network_params.keys(True, True)))
+        loss.actor_network_params.set(key, torch.nn.Parameter(loss.actor_network_params.get(key).detach() * 1.5))
+        results.append(run(loss, td))
+    assert_same(*results)
+
+
+def test_loss_accepts_tensors_without_tensordict():
+    # TorchRL's dispatch form: keyword tensors named after in_keys, a tuple of out_keys back.
+    actor, critic = make_actor(), make_critic()
+    td = _rollout(2, 8)
+    outs = []
+    for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss):
+        loss = build(cls, actor, critic)
+        torch.manual_seed(3)
+        kwargs = {"_".join(k) if isinstance(k, tuple) else k: td.get(k) for k in loss.in_keys}
+        outs.append(loss(**kwargs))
+    assert len(outs[0]) == len(outs[1])
+    for a, b in zip(*outs):
+        assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_advantage_shape_is_a_clear_error():
+    loss = build(fm.MAPPOLoss, make_actor(), make_critic())
+    td = make_batch(16)
+    td.set("advantage", torch.randn(16, 3))
+    with pytest.raises(ValueError, match=r"advantage has shape \(16, 3\), expected \[\*S, 1\]"):
+        loss(td)
+
+
+def test_compile_no_recompilation_and_fewer_graph_breaks_than_torchrl():
+    from torch._dynamo.utils import counters
+
+    actor, critic = make_actor(), make_critic()
+    batches = [make_batch(64, seed=s) for s in range(4)]
+    stats = {}
+    # Graph breaks and recompilations happen in dynamo, whatever the backend: fastmarl's step
+    # also goes through AOTAutograd (its ops' backward traced), TorchRL's only through dynamo.
+    for name, cls, backend in (("fastmarl", fm.MAPPOLoss, "aot_eager"), ("torchrl", TorchRLMAPPOLoss, "eager")):
+        loss = build(cls, actor, critic)
+
+        def step(td):
+            out = loss(td)
+            total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+            total.backward()
+            return total.detach()
+
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(step, backend=backend)
+        graphs = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for td in batches:
+                compiled(td)
+                graphs.append(counters["stats"]["unique_graphs"])
+        stats[name] = (graphs, sum(counters["graph_break"].values()))
+    (ours_graphs, ours_breaks), (theirs_graphs, theirs_breaks) = stats["fastmarl"], stats["torchrl"]
+    # Compiled once (the first two calls warm up), then reused: no graph is added afterwards.
+    assert ours_graphs[1] == ours_graphs[-1], f"fastmarl recompiled: graphs per call {ours_graphs}"
+    assert ours_breaks <= theirs_breaks, (ours_breaks, theirs_breaks)
+    print(f"graph breaks: fastmarl {ours_breaks}, torchrl {theirs_breaks}; "
+          f"graphs per call: fastmarl {ours_graphs}, torchrl {theirs_graphs}")
