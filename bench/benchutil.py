@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import time
 
 import pytest
 import torch
@@ -23,11 +25,21 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
-def run_pedantic(benchmark, fn, input_sets, device, *, rounds, warmup_rounds=2):
+# Each provider is timed over at least this many seconds (more rounds for fast steps). On the
+# shared 2-vCPU CPU machine the speed drifts for seconds at a time: 30 rounds of a 13 ms loss
+# step (0.4 s) gave one provider's median 35% above its interleaved A/B figure
+# (bench/interleaved.py); windows of a few seconds average the drift out.
+MIN_SECONDS = 3.0
+MAX_ROUNDS = 2000
+
+
+def run_pedantic(benchmark, fn, input_sets, device, *, rounds, warmup_rounds=2, min_seconds=MIN_SECONDS):
     """Time ``fn(*inputs)`` with the inputs rotated between rounds and the device synchronised.
 
     Rotating several input sets keeps a small problem from being timed on a warm cache it
-    would not have in training. Returns the last result and the inputs that produced it.
+    would not have in training. ``rounds`` is a minimum: fast steps get more rounds, up to
+    ``MAX_ROUNDS``, so that the timed window lasts ``min_seconds`` (not in a
+    ``--benchmark-disable`` smoke run). Returns the last result and the inputs that produced it.
     """
     inputs = itertools.cycle(input_sets)
     last = []
@@ -39,6 +51,15 @@ def run_pedantic(benchmark, fn, input_sets, device, *, rounds, warmup_rounds=2):
         last[:] = [out, args]
 
     synchronize(device)
+    if not benchmark.disabled and min_seconds > 0:
+        # Warm up here (compiles, caches), then size the rounds on the warm step's time.
+        for _ in range(max(warmup_rounds, 1)):
+            timed()
+        start = time.perf_counter()
+        timed()
+        step_seconds = time.perf_counter() - start
+        rounds = max(rounds, min(MAX_ROUNDS, math.ceil(min_seconds / max(step_seconds, 1e-9))))
+        warmup_rounds = 0
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     return tuple(last)
 

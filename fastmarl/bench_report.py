@@ -10,6 +10,7 @@ the threshold.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -66,16 +67,24 @@ def speedups(providers: dict[str, dict]) -> dict[tuple[str, str], float]:
 
 
 def report(rows) -> str:
+    """One table per group: every provider's median and min, and for each peer the speed-up of
+    every fastmarl provider present (peer median / fastmarl median), so that eager compares with
+    eager and compiled with compiled."""
     lines = []
     for group, providers in sorted(by_group(rows).items()):
         device = next((r["device_name"] for r in providers.values() if r["device_name"]), "")
         lines.append(f"## {group}" + (f"  ({device})" if device else ""))
-        best = providers.get("fastmarl")
+        ours = [name for name in FASTMARL if name in providers]
         copy = providers.get("copy")
-        lines.append(f"{'provider':<26}{'median':>12}{'min':>12}  {'fastmarl speed-up':>18}")
+        header = f"{'provider':<26}{'median':>12}{'min':>12}"
+        header += "".join(f"  {'x ' + name:>22}" for name in ours)
+        lines.append(header)
         for name, row in sorted(providers.items(), key=lambda kv: kv[1]["median"]):
-            ratio = f"{row['median'] / best['median']:>17.2f}x" if best and name not in FASTMARL and name != "copy" else ""
-            lines.append(f"{name:<26}{_fmt_time(row['median']):>12}{_fmt_time(row['min']):>12}  {ratio:>18}")
+            line = f"{name:<26}{_fmt_time(row['median']):>12}{_fmt_time(row['min']):>12}"
+            if name not in FASTMARL and name != "copy":
+                line += "".join(f"  {row['median'] / providers[o]['median']:>21.2f}x" for o in ours)
+            lines.append(line.rstrip())
+        best = providers.get("fastmarl")
         if best and best.get("bytes") and copy:
             ours_bw = best["bytes"] / best["median"] / 1e9
             copy_bw = copy["bytes"] / copy["median"] / 1e9
@@ -110,9 +119,11 @@ def chart(rows, path: Path) -> None:
     labels, values = [], []
     for group, providers in sorted(by_group(rows).items()):
         for (ours, peer), ratio in sorted(speedups(providers).items()):
-            if ours != "fastmarl":
+            # fastmarl eager against every peer; the compiled and CUDA-graph providers against
+            # the compiled peers (like for like).
+            if ours != "fastmarl" and not peer.endswith("compiled"):
                 continue
-            labels.append(f"{group}: vs {peer}")
+            labels.append(f"{group}: {ours} vs {peer}")
             values.append(ratio)
     fig, ax = plt.subplots(figsize=(8, max(2.0, 0.28 * len(labels) + 1)))
     colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
@@ -123,9 +134,13 @@ def chart(rows, path: Path) -> None:
     ax.set_xlabel("fastmarl speed-up (peer median / fastmarl median), log scale")
     ax.invert_yaxis()
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written next to its final name, then renamed: a crash never leaves half a PNG.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def run_suite(bench_dir: Path, json_path: Path, device: str | None, sizes: str | None, select: str | None) -> int:

@@ -221,7 +221,9 @@ def _bench(args) -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.txt").write_text(text)
+    from fastmarl.training.run import atomic_write_text
+
+    atomic_write_text(out / "report.txt", text)
     B.chart(rows, out / "speedups.png")
     print(f"report: {out / 'report.txt'}, chart: {out / 'speedups.png'}")
     if args.compare:

@@ -4,8 +4,19 @@ import pytest
 import torch
 from helpers import assert_close, requires_cuda
 
+from fastmarl import functional
 from fastmarl.functional import clip_bounds, ppo_clip_loss, ppo_critic_loss
 from fastmarl.reference import ppo_clip_reference, ppo_critic_reference
+
+@pytest.fixture(autouse=True, params=["dispatch", "fused"])
+def eager_path(request, monkeypatch):
+    """Every test twice: with the size dispatch of ``fastmarl.functional`` (small calls run the
+    reference math), and with the fused torch kernels forced at every size, so that the float64
+    oracle checks them on the odd shapes too."""
+    if request.param == "fused":
+        monkeypatch.setattr(functional, "EAGER_FUSED_MIN_ELEMENTS", {"ppo_clip": 0, "ppo_critic": 0})
+    return request.param
+
 
 SHAPES = [
     pytest.param((400, 3), id="N400-A3"),
@@ -228,6 +239,7 @@ def test_compile_fullgraph_functionals():
 )
 def test_clip_bad_input(change, error, match):
     kwargs = dict(log_prob=torch.randn(40, 3), prev_log_prob=torch.randn(40, 3), advantage=torch.randn(40, 3, 1))
+    change = dict(change)  # the parameter is shared by both eager_path runs
     reduction = change.pop("reduction", "mean")
     kwargs.update(change)
     with pytest.raises(error, match=match):
@@ -303,3 +315,41 @@ def test_cuda_opcheck_and_compile():
     lp, prev, adv = (x.float().cuda() for x in _clip_inputs((256, 3)))
     assert_close(compiled(lp, prev, adv), ppo_clip_loss(lp, prev, adv, normalize_advantage=True)["loss_objective"],
                  atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["ppo_clip", "ppo_critic"])
+def test_eager_dispatch_by_size_and_dtype(op, eager_path):
+    # Below EAGER_FUSED_MIN_ELEMENTS the eager CPU path is the reference math, bit for bit; from
+    # it on (or with half-precision inputs) the fused kernels, which the oracle tests check.
+    threshold = functional.EAGER_FUSED_MIN_ELEMENTS[op]
+    below, at = (max(threshold, 2) - 1, 1), (max(threshold, 1), 1)
+    expected_paths = {"dispatch": ["reference", "eager", "eager"], "fused": ["eager", "eager", "eager"]}
+    cases = [(below, torch.float32), (at, torch.float32), (below, torch.float16)]
+    assert [functional._path(op, torch.zeros(shape, dtype=dtype)) for shape, dtype in cases] == expected_paths[eager_path]
+    if eager_path == "dispatch" and threshold > 1:
+        log_prob, prev, advantage = _clip_inputs((below[0], 1), torch.float32)
+        if op == "ppo_clip":
+            out = ppo_clip_loss(log_prob, prev, advantage, normalize_advantage=True)
+            low, high = clip_bounds(0.2, log_prob)
+            ref = ppo_clip_reference(log_prob, prev, advantage, low, high, normalize=True)
+        else:
+            value = advantage.clone()
+            out = ppo_critic_loss(value, value + 1, old_value=value - 1, clip_value=0.2)
+            ref = ppo_critic_reference(value + 1, value, value - 1, torch.tensor(0.2))
+        assert all(torch.equal(out[k], ref[k]) for k in ref)
+
+
+def test_cached_float_bounds_survive_inference_mode():
+    # clip_bounds caches the bounds of float epsilons; a first call under inference_mode must
+    # not leave inference tensors in the cache for a later call with grad.
+    functional._FLOAT_BOUNDS.clear()
+    log_prob, prev, advantage = _clip_inputs((400, 3), torch.float32)
+    with torch.inference_mode():
+        ppo_clip_loss(log_prob, prev, advantage, clip_epsilon=0.137)
+    low, high = clip_bounds(0.137, log_prob)
+    assert not low.is_inference() and not high.is_inference()
+    assert clip_bounds(0.137, log_prob)[0] is low  # cached
+    lp = log_prob.clone().requires_grad_()
+    ppo_clip_loss(lp, prev, advantage, clip_epsilon=0.137)["loss_objective"].backward()
+    assert lp.grad is not None and lp.grad.isfinite().all()
+    assert_close(low, torch.tensor(0.137).neg().log1p(), atol=0, rtol=0)

@@ -23,6 +23,7 @@ from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
 from torchrl.objectives.value import GAE as TorchRLGAE
 from torchrl.objectives.value import TD0Estimator
 
+import fastmarl.functional
 import fastmarl.objectives as fm
 import fastmarl.objectives.multiagent as fm_multiagent
 from fastmarl.objectives.value import GAE, MultiAgentGAE
@@ -86,7 +87,12 @@ CONFIGS = [
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS)
 @pytest.mark.parametrize("N", [1, 37, 400])
-def test_outputs_and_gradients_match_torchrl(name, kwargs, N):
+@pytest.mark.parametrize("path", ["dispatch", "fused"])
+def test_outputs_and_gradients_match_torchrl(name, kwargs, N, path, monkeypatch):
+    # "dispatch": the functionals' size dispatch (these sizes run TorchRL's op sequence on the
+    # CPU); "fused": the fused torch kernels forced at every size.
+    if path == "fused":
+        monkeypatch.setattr(fastmarl.functional, "EAGER_FUSED_MIN_ELEMENTS", {"ppo_clip": 0, "ppo_critic": 0})
     ours_cls, theirs_cls = PAIRS[name]
     centralised = name != "IPPOLoss"
     actor, critic = make_actor(), make_critic(centralised=centralised)

@@ -22,6 +22,19 @@ from fastmarl.modules import QMixer, VDNMixer
 from fastmarl.objectives import QMixerLoss
 from fastmarl.ops import qmix as qmix_ops
 
+# The eager CPU path's size dispatch, as shipped (the autouse fixture below turns it off).
+SMALL_BATCH, SMALL_FORWARD_WORK = qmix_ops._SMALL_BATCH, qmix_ops._SMALL_FORWARD_WORK
+
+
+@pytest.fixture(autouse=True)
+def fused_cpu_kernels(request, monkeypatch):
+    """mix() sends small eager CPU calls to TorchRL's op sequence (``fastmarl.ops.qmix.mix``).
+    These tests check the fused torch kernels at every size, so the dispatch is off but for
+    the tests marked ``qmix_dispatch``, which test it as shipped."""
+    if request.node.get_closest_marker("qmix_dispatch") is None:
+        monkeypatch.setattr(qmix_ops, "_SMALL_BATCH", 0)
+        monkeypatch.setattr(qmix_ops, "_SMALL_FORWARD_WORK", 0)
+
 S = 37  # odd state width: masks in every K tile of the kernels
 
 
@@ -121,8 +134,9 @@ def test_wide_state_small_batch_matches_float64_reference(layers, chunk_elements
         _scaled_close(grads[name], expected, 1e-12, name)
 
 
+@pytest.mark.parametrize("path", ["fused", pytest.param("dispatch", marks=pytest.mark.qmix_dispatch)])
 @pytest.mark.parametrize("n,embed,batch", [(1, 8, 33), (3, 32, 1), (8, 32, 4096), (32, 64, 33), (8, 64, 4096)])
-def test_float32_matches_torchrl_qmixer(n, embed, batch):
+def test_float32_matches_torchrl_qmixer(n, embed, batch, path):
     torch.manual_seed(0)
     mixer = QMixer((S,), embed, n)
     twin = _torchrl_twin(mixer)
@@ -154,14 +168,17 @@ def test_chunked_cpu_kernel_matches_reference(monkeypatch):
             _scaled_close(grads[name], g, 1e-13, name)
 
 
+@pytest.mark.qmix_dispatch
 def test_eager_function_and_op_agree():
-    # mix() in eager mode runs the torch kernels in an autograd.Function; fastmarl::qmix sends
-    # CPU tensors to the same kernels behind its op boundary: the same bits.
+    # From qmix_ops._SMALL_BATCH samples on, mix() in eager mode runs the torch kernels in an
+    # autograd.Function; fastmarl::qmix sends CPU tensors to the same kernels behind its op
+    # boundary: the same bits.
+    batch = SMALL_BATCH + 45
     params = [p.requires_grad_() for p in make_params(5, 16, S, dtype=torch.float64)]
-    q, state = make_inputs(19, 5, S, dtype=torch.float64)
+    q, state = make_inputs(batch, 5, S, dtype=torch.float64)
     q.requires_grad_()
     state.requires_grad_()
-    cot = torch.randn(19, 1, dtype=torch.float64)
+    cot = torch.randn(batch, 1, dtype=torch.float64)
     results = []
     for call in (
         lambda: qmix_ops.mix(q, state, params),
@@ -171,6 +188,41 @@ def test_eager_function_and_op_agree():
         results.append((out, *torch.autograd.grad(out, [q, state, *params], cot)))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.qmix_dispatch
+@pytest.mark.parametrize("hypernet_layers", [1, 2])
+def test_small_batch_runs_torchrl_math(hypernet_layers):
+    # Below qmix_ops._SMALL_BATCH samples the CPU eager path is TorchRL's op sequence
+    # (reference.qmix_reference): TorchRL's bits, and gradients through plain autograd.
+    batch = SMALL_BATCH - 1
+    params = [p.requires_grad_() for p in make_params(5, 16, S, hidden=0 if hypernet_layers == 1 else 24)]
+    q, state = make_inputs(batch, 5, S)
+    q.requires_grad_()
+    out = qmix_ops.mix(q, state, params)
+    expected = reference.qmix_reference(q.unsqueeze(-1), state, params)
+    assert torch.equal(out, expected)
+    fused = torch.ops.fastmarl.qmix(q, state, params, True)[0]
+    assert_close(out, fused, atol=1e-5, rtol=1e-5)
+    cot = torch.randn(batch, 1)
+    for a, b in zip(torch.autograd.grad(out, [q, *params], cot), torch.autograd.grad(fused, [q, *params], cot)):
+        assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.qmix_dispatch
+@pytest.mark.parametrize("batch", [(SMALL_FORWARD_WORK >> 7) - 1, SMALL_FORWARD_WORK >> 7])
+def test_no_grad_forward_switches_to_fused_kernels_by_work(batch):
+    # n=4, E=32: B*n*E reaches _SMALL_FORWARD_WORK at 2^20 / 128 samples. Below it, TorchRL's
+    # op sequence; from it on, fastmarl::qmix_torch's forward kernel (no residuals): its bits.
+    params = make_params(4, 32, S)
+    q, state = make_inputs(batch, 4, S)
+    with torch.no_grad():
+        out = qmix_ops.mix(q, state, params)
+    small = batch * 4 * 32 < SMALL_FORWARD_WORK
+    expected = (reference.qmix_reference(q.unsqueeze(-1), state, params) if small
+                else reference.qmix_forward_flat(q, state, params, False)[0])
+    assert torch.equal(out, expected)
+    assert_close(out, torch.ops.fastmarl.qmix(q, state, params, False)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_no_grad_call_keeps_no_residual_and_matches():
@@ -681,3 +733,18 @@ def test_cuda_wide_mixer_takes_the_torch_path():
 def test_module_imports_are_the_drop_in_paths():
     assert fastmarl.modules.QMixer is fm_multiagent.QMixer is QMixer
     assert issubclass(QMixer, TorchRLQMixer)
+
+
+@pytest.mark.qmix_dispatch
+def test_compiled_half_precision_inputs_go_through_the_op():
+    # TorchRL's math does not take float16 inputs with float32 parameters; under torch.compile
+    # mix() then calls fastmarl::qmix, which accumulates in float32 as the eager path does.
+    torch.manual_seed(0)
+    mixer = QMixer((S,), 16, 3)
+    q, state = make_inputs(40, 3, S, dtype=torch.float16)
+    eager = mixer(q.unsqueeze(-1), state)
+    compiled = torch.compile(mixer, fullgraph=True, backend="aot_eager")(q.unsqueeze(-1), state)
+    assert compiled.dtype == torch.float32
+    assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+    compiled.sum().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in mixer.parameters())

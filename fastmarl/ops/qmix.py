@@ -49,12 +49,17 @@ if HAS_TRITON:
 
 __all__ = ["mix", "qmix_fwd_triton", "qmix_bwd_triton"]
 
+# Below these sizes the CPU eager path runs TorchRL's math (see mix()): samples when autograd
+# needs the backward, samples x agents x embedding for a forward without grad.
+_SMALL_BATCH = 256
+_SMALL_FORWARD_WORK = 1 << 20
+
 
 def mix(chosen_action_value: Tensor, state: Tensor, params: list[Tensor]) -> Tensor:
     """``Q_tot`` ``[B, 1]`` of ``q`` ``[B, n]`` and ``state`` ``[B, S]``.
 
     - CUDA (eager and compiled): one ``fastmarl::qmix`` call, the Triton kernels.
-    - Elsewhere, eager: the torch kernels of :mod:`fastmarl.reference` in a
+    - Elsewhere, eager, from ``_SMALL_BATCH`` samples on: the torch kernels of :mod:`fastmarl.reference` in a
       ``torch.autograd.Function``, not through the op: on the CPU machine an op with
       ``register_autograd`` and a list of tensors costs 129 us a forward with grad against 25 us
       (its arguments go through pytree on every call), and a MARL mixer call is ~150 us of work.
@@ -62,6 +67,16 @@ def mix(chosen_action_value: Tensor, state: Tensor, params: list[Tensor]) -> Ten
       so that Inductor fuses it as it fuses TorchRL's ``QMixer``. The opaque op hides the
       elementwise work from Inductor: mixer forward+backward at B=4096, n=8, S=168 on the CPU
       machine took 11.2 ms through the op against 8.7 ms traced (TorchRL compiled: 8.9 ms).
+      Half-precision or mixed-dtype inputs, which TorchRL's math does not take, go through the op.
+    - Elsewhere, below ``_SMALL_BATCH`` samples: the same math in eager mode. A mixer call
+      of 32 samples is ~25 small ops whichever way they are grouped; plain autograd over
+      functional calls beats the fused torch kernels there (both cores of the CPU machine, E=32,
+      n=3, S=48, min of 400: fwd+bwd 602 us against 656 fused, TorchRL's QMixer 600; forward
+      without grad 120 against 144, TorchRL 153). The fused kernels win from 256 samples on
+      (n=8, S=168: 1251 against 1293 us; 512 samples, n=3: 1057 against 1101). Without grad
+      the traced math wins for longer, up to ``_SMALL_FORWARD_WORK`` = B*n*E of 2^20 (4096
+      samples, n=3: 1.23 ms against 1.65 fused, TorchRL 1.31; at n=8 even, 4.3 against 4.5;
+      65536 samples, n=8: fused 103 ms against 132 traced, TorchRL 131).
 
     Residuals for the backward are kept only when autograd will need them (not for the target
     network's call under ``no_grad`` or with frozen parameters).
@@ -72,11 +87,29 @@ def mix(chosen_action_value: Tensor, state: Tensor, params: list[Tensor]) -> Ten
     )
     if _use_kernel(chosen_action_value, params):
         return torch.ops.fastmarl.qmix(chosen_action_value, state, params, need_residual)[0]
-    if torch.compiler.is_compiling():
+    if _single_precision(chosen_action_value, state, params) and (
+        torch.compiler.is_compiling() or _small(chosen_action_value, params, need_residual)
+    ):
         return reference.qmix_reference(chosen_action_value.unsqueeze(-1), state, params)
+    if torch.compiler.is_compiling():
+        # Mixed or half precision: TorchRL's math would not take it; the op accumulates in fp32.
+        return torch.ops.fastmarl.qmix(chosen_action_value, state, params, need_residual)[0]
     if not need_residual:
         return reference.qmix_forward_flat(chosen_action_value, state, params, False)[0]
     return _QMixFunction.apply(chosen_action_value, state, *params)
+
+
+def _small(q: Tensor, params: list[Tensor], need_residual: bool) -> bool:
+    if need_residual:
+        return q.shape[0] < _SMALL_BATCH
+    return q.shape[0] * q.shape[1] * params[4].shape[0] < _SMALL_FORWARD_WORK
+
+
+def _single_precision(q: Tensor, state: Tensor, params: list[Tensor]) -> bool:
+    # TorchRL's math takes one dtype throughout; half-precision or mixed inputs keep the fused
+    # kernels, which accumulate in float32 where TorchRL's ops would round every intermediate.
+    dtype = q.dtype
+    return dtype in (torch.float32, torch.float64) and state.dtype == dtype and params[0].dtype == dtype
 
 
 class _QMixFunction(torch.autograd.Function):
