@@ -124,6 +124,17 @@ def measure(steps: dict, rounds: int, warmup: int) -> dict:
     }
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cells", nargs="+", help="case:size, e.g. qmix-fwd-bwd:B32-n32")
@@ -146,7 +157,7 @@ def main(argv=None) -> int:
                   f"{row['min']['torchrl'] * 1e3:.3f} / {row['min']['fastmarl'] * 1e3:.3f})  "
                   f"per-round speed-up {row['median_round_ratio']:.2f}x", flush=True)
     if args.json:
-        payload = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        payload = {"machine": _cpu_name(), "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "results": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")

@@ -94,6 +94,31 @@ def report(rows) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def markdown(rows) -> str:
+    """A Markdown table, a row per group: the medians of fastmarl and TorchRL, eager and
+    compiled, and the two like-for-like speed-ups (eager over eager, compiled over compiled).
+    GAE's TorchRL peers are its loop (eager) and the loop under torch.compile (LeanRL)."""
+    peers = {"eager": ("torchrl", "torchrl_loop"), "compiled": ("torchrl_compiled", "torchrl_loop_compiled")}
+
+    def pick(providers, names):
+        return next((providers[n] for n in names if n in providers), None)
+
+    def cell(row):
+        return _fmt_time(row["median"]) if row else "–"
+
+    def ratio(peer, ours):
+        return f"{peer['median'] / ours['median']:.2f}×" if peer and ours else "–"
+
+    lines = ["| group | fastmarl | TorchRL | speed-up | fastmarl compiled | TorchRL compiled | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for group, providers in sorted(by_group(rows).items()):
+        ours, ours_c = providers.get("fastmarl"), providers.get("fastmarl_compiled")
+        theirs, theirs_c = pick(providers, peers["eager"]), pick(providers, peers["compiled"])
+        lines.append(f"| {group} | {cell(ours)} | {cell(theirs)} | {ratio(theirs, ours)} | "
+                     f"{cell(ours_c)} | {cell(theirs_c)} | {ratio(theirs_c, ours_c)} |")
+    return "\n".join(lines) + "\n"
+
+
 def regressions(new_rows, old_rows, threshold: float) -> list[str]:
     """fastmarl providers whose median grew by more than ``threshold`` (0.1 = 10%)."""
     old = {(r["group"], r["provider"]): r for r in old_rows}

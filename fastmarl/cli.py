@@ -127,6 +127,7 @@ _TRAIN_OPTIONS = [
     ("--device", "device", str, "cpu or cuda[:N]"),
     ("--seed", "seed", int, "seed"),
     ("--buffer-size", "buffer_size", int, "QMIX replay buffer size"),
+    ("--qmix-lr", "qmix_lr", float, "QMIX Adam learning rate"),
     ("--qmix-updates-per-iter", "qmix_updates_per_iter", int, "QMIX gradient steps per iteration"),
     ("--eps-start", "eps_start", float, "QMIX initial exploration"),
     ("--eps-end", "eps_end", float, "QMIX final exploration"),
@@ -224,8 +225,9 @@ def _bench(args) -> int:
     from fastmarl.training.run import atomic_write_text
 
     atomic_write_text(out / "report.txt", text)
+    atomic_write_text(out / "report.md", B.markdown(rows))
     B.chart(rows, out / "speedups.png")
-    print(f"report: {out / 'report.txt'}, chart: {out / 'speedups.png'}")
+    print(f"report: {out / 'report.txt'} (table: {out / 'report.md'}), chart: {out / 'speedups.png'}")
     if args.compare:
         found = B.regressions(rows, B.load_results(args.compare), args.threshold)
         if found:
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--select", default=None, help="pytest -k expression, e.g. 'gae or ppo_math'")
     bench.add_argument("--compare", nargs="+", default=None, help="saved JSON to compare against")
     bench.add_argument("--threshold", type=float, default=0.10, help="regression threshold (default 0.10 = 10%%)")
-    bench.add_argument("--out", default="bench-report", help="folder for bench.json, report.txt, speedups.png")
+    bench.add_argument("--out", default="bench-report", help="folder for bench.json, report.txt, report.md, speedups.png")
     bench.set_defaults(func=_bench)
     demo = sub.add_parser("demo", help="GAE on a VMAS rollout: TorchRL vs fastmarl")
     demo.add_argument("--scenario", default="navigation")

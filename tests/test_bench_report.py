@@ -35,6 +35,9 @@ def test_report_speedups_and_bandwidth(tmp_path):
     assert compiled_row.split()[-2:] == ["2.00x", "4.00x"]
     assert "x fastmarl_compiled" in text
     assert "bandwidth: fastmarl 1.0 GB/s, copy 10.0 GB/s (10% of copy)" in text
+    table = B.markdown(rows).splitlines()
+    assert table[0].startswith("| group | fastmarl | TorchRL | speed-up |")
+    assert table[2] == "| gae-tutorial-cpu | 1.000 ms | 4.000 ms | 4.00× | 500.0 us | 2.000 ms | 4.00× |"
     speedups = B.speedups(B.by_group(rows)["gae-tutorial-cpu"])
     assert speedups[("fastmarl", "torchrl_loop")] == 4.0
     assert speedups[("fastmarl_compiled", "torchrl_loop_compiled")] == 4.0
@@ -55,6 +58,7 @@ def test_compare_flags_regressions_beyond_the_threshold(tmp_path):
     result = subprocess.run(cli + ["--threshold", "0.3"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "report.txt").is_file() and (tmp_path / "out" / "speedups.png").is_file()
+    assert (tmp_path / "out" / "report.md").read_text().startswith("| group |")
 
 
 def test_bench_without_results_is_a_clear_error(tmp_path):

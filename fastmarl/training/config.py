@@ -53,13 +53,18 @@ class TrainConfig:
     continuous_actions: bool = False
     """Always False for QMIX (discrete actions); PPO uses continuous actions."""
     buffer_size: int = 100_000
-    qmix_updates_per_iter: int = 20
-    """Gradient steps per iteration for QMIX (one minibatch each)."""
+    qmix_lr: float = 1e-3
+    """Adam learning rate of QMIX (``lr`` is PPO's)."""
+    qmix_updates_per_iter: int = 200
+    """Gradient steps per iteration for QMIX (one minibatch each). Measured on Navigation, 3
+    agents, 10 iterations, seed 0: 20 steps at lr 3e-4 and τ 0.005 left the mean episode
+    reward at -4.3 from -0.7 (ε-greedy had decayed, the Q-network had not learnt); 200 steps
+    at lr 1e-3 and τ 0.01 took it to 2.06."""
     eps_start: float = 1.0
     eps_end: float = 0.05
     eps_decay_frac: float = 0.5
     """Fraction of the run over which ε-greedy exploration anneals from start to end."""
-    target_tau: float = 0.005
+    target_tau: float = 0.01
     """Soft update rate of the QMIX target networks."""
     mixing_embed_dim: int = 32
     extra: dict = field(default_factory=dict)
@@ -112,7 +117,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(
             f"--minibatch {config.minibatch} is larger than --frames-per-batch {config.frames_per_batch}"
         )
-    for name, value in {"--lr": config.lr, "--max-grad-norm": config.max_grad_norm}.items():
+    for name, value in {"--lr": config.lr, "--qmix-lr": config.qmix_lr,
+                        "--max-grad-norm": config.max_grad_norm}.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
     for name, value in {"--gamma": config.gamma, "--lmbda": config.lmbda, "--eps-start": config.eps_start,

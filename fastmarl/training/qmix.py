@@ -84,7 +84,7 @@ class QMIXTrainer(CollectingTrainer):
         )
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
         self.target_updater = SoftUpdate(self.loss, tau=config.target_tau)
-        self.optim = torch.optim.Adam(self.loss.parameters(), config.lr)
+        self.optim = torch.optim.Adam(self.loss.parameters(), config.qmix_lr)
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=config.device),
                                    batch_size=config.minibatch)
         self.update = torch.compile(self._loss_forward_backward) if config.compile else None
