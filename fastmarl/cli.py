@@ -158,18 +158,28 @@ def _config_from(args):
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _validated_config(args, command: str):
+    """The run's TrainConfig, or None after printing why it is invalid (exit code 2)."""
+    from fastmarl.training import validate
+
+    config = _config_from(args)
+    try:
+        validate(config)
+    except ValueError as err:
+        print(f"fastmarl {command}: error: {err}", file=sys.stderr)
+        return None
+    return config
+
+
 def _train(args) -> int:
-    from fastmarl.training import train, validate
+    from fastmarl.training import train
     from fastmarl.training.run import phase_table
 
     if args.resume:
         result = train(resume=args.resume, iters=args.resume_iters, progress=not args.no_progress)
     else:
-        config = _config_from(args)
-        try:
-            validate(config)
-        except ValueError as err:
-            print(f"fastmarl train: error: {err}", file=sys.stderr)
+        config = _validated_config(args, "train")
+        if config is None:
             return 2
         result = train(config, out=args.out, progress=not args.no_progress)
     rows = result["metrics"]
@@ -180,13 +190,10 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
-    from fastmarl.training import compare, validate
+    from fastmarl.training import compare
 
-    config = _config_from(args)
-    try:
-        validate(config)
-    except ValueError as err:
-        print(f"fastmarl compare: error: {err}", file=sys.stderr)
+    config = _validated_config(args, "compare")
+    if config is None:
         return 2
     result = compare(config, out=args.out, progress=not args.no_progress)
     print(f"run folder: {result['run_dir']}")

@@ -102,6 +102,17 @@ class CollectingTrainer:
         if self._collector is not None:
             self._collector.shutdown()
 
+    def _checkpointed(self) -> dict:
+        """Name -> object with ``state_dict``/``load_state_dict``: what a checkpoint holds."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self._checkpointed().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self._checkpointed().items():
+            part.load_state_dict(state[name])
+
 
 class PPOTrainer(CollectingTrainer):
     """State of one MAPPO/IPPO run; ``step()`` runs one iteration and returns its metrics."""
@@ -130,14 +141,8 @@ class PPOTrainer(CollectingTrainer):
         )
         self.update = torch.compile(self._loss_forward_backward) if config.compile else None
 
-    def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
-                "optim": self.optim.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.critic.load_state_dict(state["critic"])
-        self.optim.load_state_dict(state["optim"])
+    def _checkpointed(self) -> dict:
+        return {"policy": self.policy, "critic": self.critic, "optim": self.optim}
 
     def _loss_forward_backward(self, subdata):
         losses = self.loss(subdata)
@@ -157,9 +162,7 @@ class PPOTrainer(CollectingTrainer):
             self.gae(data, params=self.loss.critic_network_params,
                      target_params=self.loss.target_critic_network_params)
         self.buffer.extend(data.reshape(-1))
-        sums = torch.zeros(3)
-        first = None
-        steps = 0
+        loss_history = []
         for _ in range(config.epochs):
             for _ in range(config.frames_per_batch // config.minibatch):
                 with timer("sample"):
@@ -179,16 +182,14 @@ class PPOTrainer(CollectingTrainer):
                     torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
                     self.optim.step()
                     self.optim.zero_grad()
-                values = torch.stack([v.float().cpu() for v in values])
-                if first is None:
-                    first = values
-                sums += values
-                steps += 1
+                loss_history.append(torch.stack([v.float() for v in values]))
+        # [steps, 3] on the host in one copy an iteration, not one a minibatch.
+        loss_history = torch.stack(loss_history).cpu()
+        means, first = loss_history.mean(0), loss_history[0]
         self._collector.update_policy_weights_()
         done = data.get(("next", "agents", "done"))
         rewards = data.get(("next", "agents", "episode_reward"))[done]
         seconds = time.perf_counter() - start
-        means = sums / steps
         return {
             "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
             "episodes": int(data.get(("next", "done")).sum().item()),

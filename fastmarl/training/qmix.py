@@ -89,14 +89,8 @@ class QMIXTrainer(CollectingTrainer):
                                    batch_size=config.minibatch)
         self.update = torch.compile(self._loss_forward_backward) if config.compile else None
 
-    def state_dict(self) -> dict:
-        return {"loss": self.loss.state_dict(), "optim": self.optim.state_dict(),
-                "explore": self.explore.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loss.load_state_dict(state["loss"])
-        self.optim.load_state_dict(state["optim"])
-        self.explore.load_state_dict(state["explore"])
+    def _checkpointed(self) -> dict:
+        return {"loss": self.loss, "optim": self.optim, "explore": self.explore}
 
     def _loss_forward_backward(self, subdata):
         loss = self.loss(subdata)["loss"]
@@ -110,7 +104,7 @@ class QMIXTrainer(CollectingTrainer):
         add_team_signals(data, self.env.n_agents)
         self.buffer.extend(data.reshape(-1))
         self.explore.step(data.numel())
-        total, first = 0.0, None
+        losses = []
         for _ in range(config.qmix_updates_per_iter):
             with timer("sample"):
                 subdata = self.buffer.sample()
@@ -128,9 +122,9 @@ class QMIXTrainer(CollectingTrainer):
                 self.optim.step()
                 self.optim.zero_grad()
                 self.target_updater.step()
-            value = loss.float().item()
-            first = value if first is None else first
-            total += value
+            losses.append(loss.float())
+        # One device-to-host copy an iteration, not one an update.
+        losses = torch.stack(losses).cpu()
         self._collector.update_policy_weights_()
         done = data.get(("next", "done"))
         rewards = data.get(("next", "agents", "episode_reward")).mean(-2)[done]
@@ -138,7 +132,7 @@ class QMIXTrainer(CollectingTrainer):
         return {
             "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
             "episodes": int(done.sum().item()),
-            "loss": total / config.qmix_updates_per_iter, "first_loss": first,
+            "loss": losses.mean().item(), "first_loss": losses[0].item(),
             "epsilon": float(self.explore.eps),
             "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
         }
