@@ -1,13 +1,15 @@
-"""fastmarl's functional API: one call per hot path, validated, reshaped, one op inside.
+"""fastmarl's functional API: one call per hot path, validated, then one call into its op folder.
 
 - :func:`generalized_advantage_estimate`: the multi-agent GAE scan (TorchRL's contract).
-- :func:`ppo_clip_loss`: ``ClipPPOLoss``'s surrogate with advantage standardisation and its
-  diagnostics, one ``torch.ops.fastmarl.ppo_clip`` call.
+- :func:`ppo_clip_loss` (and :func:`ppo_clip_loss_with_bounds`): ``ClipPPOLoss``'s surrogate with
+  advantage standardisation and its diagnostics.
 - :func:`ppo_critic_loss`: ``PPOLoss.loss_critic``'s distance, value clipping, coefficient,
-  reduction and explained variance, one ``torch.ops.fastmarl.ppo_critic`` call.
-- :func:`qmix_mixer`: the QMIX hypernetwork mixer (``q [B, n]``, ``state [B, S]``, the mixer's
-  tensors) -> ``Q_tot [B, 1]``, ``torch.ops.fastmarl.qmix`` on CUDA (see
-  :func:`fastmarl.ops.qmix.mix` for the CPU paths).
+  reduction and explained variance.
+- :func:`qmix_mixer`: the QMIX hypernetwork mixer.
+
+Each validates its arguments (errors name the argument and the expected shape or range) and
+hands them to ``fastmarl.ops.<op>``, whose ``select_path`` decides what runs: the registered op
+(Triton on CUDA), fused torch kernels, or plain torch that ``torch.compile`` fuses.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-import fastmarl.ops  # noqa: F401  (registers torch.ops.fastmarl)
-from fastmarl import reference
-from fastmarl.ops.qmix import mix as qmix_mixer
+from fastmarl.ops import gae as gae_ops
+from fastmarl.ops import ppo as ppo_ops
+from fastmarl.ops import qmix as qmix_ops
+from fastmarl.ops.dtypes import FLAG_DTYPES, FLOAT_DTYPES
+from fastmarl.ops.ppo.spec import CRITIC_LOSS_TYPES, REDUCTIONS
+from fastmarl.ops.qmix.params import QMixParams
 
-__all__ = ["generalized_advantage_estimate", "ppo_clip_loss", "ppo_critic_loss", "qmix_mixer"]
+__all__ = [
+    "generalized_advantage_estimate", "ppo_clip_loss", "ppo_clip_loss_with_bounds",
+    "ppo_critic_loss", "qmix_mixer", "clip_bounds",
+]
 
 # --------------------------------------------------------------------------- GAE
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FLAG_DTYPES = (torch.bool, torch.uint8)
 
 
 def _layout(shape: torch.Size, time_dim: int) -> str:
@@ -67,8 +72,8 @@ def _check_discount(name, x, shape, device, layout, check_values) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {x}")
 
 
-def _check_inputs(gamma, lmbda, state_value, next_state_value, reward, done, terminated, time_dim,
-                  check_discount_values):
+def _check_gae_inputs(gamma, lmbda, state_value, next_state_value, reward, done, terminated,
+                      time_dim, check_discount_values):
     named = {
         "state_value": state_value, "next_state_value": next_state_value, "reward": reward,
         "done": done, "terminated": terminated,
@@ -87,12 +92,12 @@ def _check_inputs(gamma, lmbda, state_value, next_state_value, reward, done, ter
     time_dim %= state_value.ndim
     layout = _layout(shape, time_dim)
     for name in ("state_value", "next_state_value", "reward"):
-        if named[name].dtype not in _FLOAT_DTYPES:
+        if named[name].dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"{name} must be float16, bfloat16, float32 or float64, got {named[name].dtype}"
             )
     for name in ("done", "terminated"):
-        if named[name].dtype not in _FLAG_DTYPES:
+        if named[name].dtype not in FLAG_DTYPES:
             raise TypeError(f"{name} must be a bool or uint8 tensor, got {named[name].dtype}")
     for name, x in named.items():
         if x.device != state_value.device:
@@ -126,6 +131,7 @@ def generalized_advantage_estimate(
     terminated: Tensor | None = None,
     *,
     time_dim: int = -2,
+    check_discount_range: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimate, with TorchRL's contract, as one op call.
 
@@ -143,37 +149,24 @@ def generalized_advantage_estimate(
             stride 0, never copied per agent).
         done, terminated: bool or uint8 flags, same rule.
         time_dim: the time dim of ``state_value``.
+        check_discount_range: check that tensor γ/λ lie in [0, 1] (on the CPU only: elsewhere
+            it would cost a device sync). fastmarl's estimators pass False: they check their
+            γ/λ buffers once, at construction.
 
     Returns:
         ``(advantage, value_target)`` of ``state_value``'s shape, in the promoted dtype of the
         value, next value and reward; accumulated in float32 (float64 for float64 inputs).
 
     Gradients flow to ``state_value``, ``next_state_value`` and ``reward`` through the op's
-    backward scan. If ``gamma`` or ``lmbda`` is a tensor that requires grad, the computation
-    falls back to :func:`fastmarl.reference.gae_reference` so that they get gradients too.
+    backward scan (see :func:`fastmarl.ops.gae.select_path` for what runs where). If ``gamma`` or
+    ``lmbda`` is a tensor that requires grad, it gets gradients too.
     NaN and inf propagate exactly as in TorchRL (``0 * NaN`` is NaN): inputs are not scanned
     for them, which would cost a device sync.
     """
-    return _gae(gamma, lmbda, state_value, next_state_value, reward, done, terminated,
-                time_dim=time_dim, check_discount_values=True)
-
-
-def _gae(gamma, lmbda, state_value, next_state_value, reward, done, terminated, *, time_dim,
-         check_discount_values):
-    """The functional's body; fastmarl's estimators skip the per-call range check of their γ/λ
-    buffers (checked at construction; γ**steps stays in [0, 1])."""
     if terminated is None:
         terminated = done
-    time_dim = _check_inputs(
-        gamma, lmbda, state_value, next_state_value, reward, done, terminated, time_dim,
-        check_discount_values,
-    )
-    if any(isinstance(x, Tensor) and x.requires_grad for x in (gamma, lmbda)):
-        return reference.gae_reference(
-            gamma, lmbda, state_value, next_state_value, reward, done, terminated,
-            time_dim=time_dim,
-        )
-
+    time_dim = _check_gae_inputs(gamma, lmbda, state_value, next_state_value, reward, done,
+                                 terminated, time_dim, check_discount_range)
     shape = state_value.shape
     num_rows = math.prod(shape[:time_dim])
     num_features = math.prod(shape[time_dim + 1:])
@@ -189,7 +182,7 @@ def _gae(gamma, lmbda, state_value, next_state_value, reward, done, terminated, 
 
     gamma_scalar, gamma_tensor = split(gamma)
     lmbda_scalar, lmbda_tensor = split(lmbda)
-    advantage, value_target = torch.ops.fastmarl.gae(
+    advantage, value_target = gae_ops.gae(
         as_rtf(state_value), as_rtf(next_state_value), as_rtf(reward), as_rtf(done),
         as_rtf(terminated), gamma_scalar, lmbda_scalar, gamma_tensor, lmbda_tensor,
     )
@@ -199,85 +192,10 @@ def _gae(gamma, lmbda, state_value, next_state_value, reward, done, terminated, 
 # --------------------------------------------------------------------------- PPO
 
 
-# Below these many elements the eager path off CUDA runs the reference math (TorchRL's op
-# sequence) rather than the fused torch kernels: at MARL minibatch sizes on a CPU every op
-# costs ~5-10 us whatever its size, and the fused kernels' residual for a one-multiply backward
-# is more ops than autograd records. Both cores of the CPU machine, fwd+bwd, min of 3x100:
-# ppo_clip at 400x3 474 us reference against 488 fused, 4096x3 939 against 826, 65536x8 14.3
-# against 11.1 ms; ppo_critic (clip_value, smooth_l1) at 400x3 347 against 448 us, 4096x3 728
-# against 844, 65536x8 12.8 against 11.8 ms.
-EAGER_FUSED_MIN_ELEMENTS = {"ppo_clip": 1 << 13, "ppo_critic": 1 << 16}
-
-
-def _path(op: str, *tensors: Tensor) -> str:
-    """How the PPO functionals run: ``op`` (the Triton kernels, CUDA), ``reference`` (under
-    ``torch.compile`` off CUDA, where Inductor fuses the reference math, and for small eager
-    calls, see ``EAGER_FUSED_MIN_ELEMENTS``), or ``eager`` (the fused torch kernels).
-
-    Off the kernel path the op's boundary is pure cost: on the CPU machine the two ops'
-    dispatch (``triton_op``, custom op, autograd) made the loss math at 400x3 2.5 ms against
-    TorchRL's 1.6 ms, and compiled it ran 3.6x slower than TorchRL's math under Inductor. So the
-    eager path runs the same torch kernels in an autograd.Function, without the boundary, and
-    a backward that is one multiply by the residual saved in the forward. Half-precision or
-    mixed-dtype inputs keep the fused kernels, which accumulate in float32.
-    """
-    from fastmarl.ops.ppo import _kernel_path, _out_dtype
-
-    if tensors[0].is_cuda and _kernel_path(tensors[0].reshape(tensors[0].shape[0], -1), _out_dtype(*tensors)):
-        return "op"
-    if torch.compiler.is_compiling():
-        return "reference"
-    dtype = tensors[0].dtype
-    single_precision = dtype in (torch.float32, torch.float64) and all(t.dtype == dtype for t in tensors)
-    if single_precision and tensors[0].numel() < EAGER_FUSED_MIN_ELEMENTS[op]:
-        return "reference"
-    return "eager"
-
-
-class _PPOClip(torch.autograd.Function):
-    # The eager path of ppo_clip_loss off CUDA: fastmarl::ppo_clip's torch kernel, no boundary.
-
-    @staticmethod
-    def forward(ctx, log_prob, prev_log_prob, advantage, clip_low, clip_high, groups, normalize, reduction):
-        *out, d_gain = reference.ppo_clip_forward_2d(
-            log_prob, prev_log_prob, advantage, clip_low, clip_high, groups, normalize, reduction, residual=True
-        )
-        ctx.save_for_backward(d_gain)
-        ctx.reduction = reduction
-        ctx.mark_non_differentiable(*out[1:6])
-        return tuple(out[:6])
-
-    @staticmethod
-    def backward(ctx, grad_loss, *unused):
-        (d_gain,) = ctx.saved_tensors
-        scale = 1.0 / d_gain.numel() if ctx.reduction == "mean" else 1.0
-        return -(grad_loss * scale) * d_gain, None, None, None, None, None, None, None
-
-
-class _PPOCritic(torch.autograd.Function):
-    # The eager path of ppo_critic_loss off CUDA: fastmarl::ppo_critic's torch kernel, no boundary.
-
-    @staticmethod
-    def forward(ctx, value, target, old_value, clip_value, coeff, loss_type, reduction):
-        loss, clip_fraction, ev, d_loss = reference.ppo_critic_forward_2d(
-            value, target, old_value, clip_value, coeff, loss_type, reduction, residual=True
-        )
-        ctx.save_for_backward(d_loss)
-        ctx.reduction = reduction
-        ctx.mark_non_differentiable(clip_fraction, ev)
-        return loss, clip_fraction, ev
-
-    @staticmethod
-    def backward(ctx, grad_loss, *unused):
-        (d_loss,) = ctx.saved_tensors
-        scale = 1.0 / d_loss.numel() if ctx.reduction == "mean" else 1.0
-        return (grad_loss * scale) * d_loss, None, None, None, None, None, None
-
-
 def _check_float(name: str, x, device=None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but the log-prob is on {device}: all inputs must share one device")
@@ -292,8 +210,27 @@ def _as_scalar_tensor(name: str, x, like: Tensor) -> Tensor:
 
 
 def _check_reduction(reduction: str) -> None:
-    if reduction not in reference.PPO_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {list(reference.PPO_REDUCTIONS)}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+
+
+def _check_clip_epsilon(low, high) -> None:
+    # ε_low in [0, 1) keeps log1p(-ε_low) finite; ε_high >= 0 keeps the clip range non-empty.
+    # Tensors are read only on the CPU (elsewhere it would cost a sync) and outside compile.
+    def values(x):
+        if isinstance(x, Tensor):
+            if x.device.type != "cpu" or torch.compiler.is_compiling():
+                return None
+            return float(x.detach().reshape(-1)[0]) if x.numel() == 1 else None
+        if isinstance(x, bool) or not isinstance(x, Real):
+            raise TypeError(f"clip_epsilon must be a float, a scalar tensor or a pair of them, got {type(x).__name__}")
+        return float(x)
+
+    lo, hi = values(low), values(high)
+    if lo is not None and not 0.0 <= lo < 1.0:
+        raise ValueError(f"clip_epsilon (low) must lie in [0, 1), got {lo}")
+    if hi is not None and not hi >= 0.0:
+        raise ValueError(f"clip_epsilon (high) must be >= 0, got {hi}")
 
 
 _FLOAT_BOUNDS: dict = {}
@@ -306,9 +243,12 @@ def clip_bounds(clip_epsilon, like: Tensor) -> tuple[Tensor, Tensor]:
     transforming two scalar tensors was 12 us of a 300 us loss call at 400x3 on the CPU machine.
     """
     if isinstance(clip_epsilon, (tuple, list)):
+        if len(clip_epsilon) != 2:
+            raise ValueError(f"clip_epsilon must be a float or a pair (low, high), got {clip_epsilon!r}")
         low, high = clip_epsilon
     else:
         low = high = clip_epsilon
+    _check_clip_epsilon(low, high)
     key = None
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not torch.compiler.is_compiling():
         key = (float(low), float(high), like.device)
@@ -341,11 +281,12 @@ def ppo_clip_loss(
         log_prob: log π_θ(a|s) of the current policy, ``[*S]`` (e.g. ``[N, A]``).
         prev_log_prob: the behaviour policy's log-prob, ``[*S]``.
         advantage: ``[*S, 1]``.
-        clip_epsilon: ε, or ``(ε_low, ε_high)`` for asymmetric clipping; the ratio is clamped
-            in log space to ``[log1p(-ε_low), log1p(ε_high)]`` as TorchRL does.
+        clip_epsilon: ε in [0, 1), or ``(ε_low, ε_high)`` for asymmetric clipping; the ratio is
+            clamped in log space to ``[log1p(-ε_low), log1p(ε_high)]`` as TorchRL does.
         normalize_advantage: standardise the advantage first, with TorchRL's
             ``_standardize`` (mean and unbiased std clamped at 1e-6) over every dim but
-            ``normalize_advantage_exclude_dims``: ``(-2,)`` is per agent (``MAPPOLoss``).
+            ``normalize_advantage_exclude_dims``: ``(-2,)`` is per agent (``MAPPOLoss``);
+            excluding every dim leaves the advantage as it is.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
@@ -353,15 +294,29 @@ def ppo_clip_loss(
         ``clip_fraction``, ``kl_approx``, ``ESS`` (``[*S[1:]]``: over dim 0, divided by the
         batch), ``max_ratio``, ``mean_ratio``.
 
-    The gradient reaches ``log_prob``. An advantage or bound that requires grad sends the call
-    to the differentiable :func:`fastmarl.reference.ppo_clip_reference`.
+    The gradient reaches ``log_prob``, and ``prev_log_prob``, ``advantage`` or a tensor ε too
+    when they require grad. Half-precision inputs are computed in float32.
     """
     low, high = clip_bounds(clip_epsilon, log_prob)
-    return _ppo_clip(log_prob, prev_log_prob, advantage, low, high, normalize_advantage,
-                     tuple(normalize_advantage_exclude_dims), reduction)
+    return ppo_clip_loss_with_bounds(
+        log_prob, prev_log_prob, advantage, low, high, normalize_advantage=normalize_advantage,
+        normalize_advantage_exclude_dims=normalize_advantage_exclude_dims, reduction=reduction,
+    )
 
 
-def _ppo_clip(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize, exclude_dims, reduction):
+def ppo_clip_loss_with_bounds(
+    log_prob: Tensor,
+    prev_log_prob: Tensor,
+    advantage: Tensor,
+    clip_low: Tensor,
+    clip_high: Tensor,
+    *,
+    normalize_advantage: bool = False,
+    normalize_advantage_exclude_dims: Sequence[int] = (),
+    reduction: str = "mean",
+) -> dict[str, Tensor]:
+    """:func:`ppo_clip_loss` with the log-space bounds given as tensors (``log1p(-ε_low)``,
+    ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them."""
     _check_float("log_prob", log_prob)
     _check_float("prev_log_prob", prev_log_prob, log_prob.device)
     _check_float("advantage", advantage, log_prob.device)
@@ -378,48 +333,32 @@ def _ppo_clip(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize
         )
     if log_prob.numel() == 0:
         raise ValueError(f"log_prob of shape {tuple(shape)} is empty: the PPO loss needs at least one sample")
-    exclude = {d % advantage.ndim for d in exclude_dims}
-    if normalize and advantage.ndim - 2 in exclude and advantage.ndim < 3:
+    exclude = _exclude_dims(normalize_advantage_exclude_dims, advantage)
+    if normalize_advantage and advantage.ndim - 2 in exclude and advantage.ndim < 3 and len(exclude) < advantage.ndim:
         raise ValueError(
-            f"normalize_advantage_exclude_dims={exclude_dims} excludes the agent dim (-2 of "
-            f"[*B, A, 1]), but advantage of shape {tuple(advantage.shape)} has no agent dim"
+            f"normalize_advantage_exclude_dims={tuple(normalize_advantage_exclude_dims)} excludes the "
+            f"agent dim (-2 of [*B, A, 1]), but advantage of shape {tuple(advantage.shape)} has no agent dim"
         )
-    if any(x.requires_grad for x in (advantage, prev_log_prob, clip_low, clip_high)):
-        return reference.ppo_clip_reference(
-            log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize=normalize,
-            exclude_dims=exclude_dims, reduction=reduction,
+    return ppo_ops.ppo_clip(log_prob, prev_log_prob, advantage, clip_low.reshape(()), clip_high.reshape(()),
+                            normalize=normalize_advantage, exclude_dims=exclude, reduction=reduction)
+
+
+def _exclude_dims(dims: Sequence[int], advantage: Tensor) -> frozenset[int]:
+    # TorchRL's _standardize rules: each dim in [-ndim, ndim), none repeated.
+    ndim = advantage.ndim
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int) or not -ndim <= d < ndim:
+            raise ValueError(
+                f"normalize_advantage_exclude_dims={tuple(dims)}: {d!r} is not a dim of the "
+                f"advantage of shape {tuple(advantage.shape)} (expected integers in [{-ndim}, {ndim}))"
+            )
+    exclude = frozenset(d % ndim for d in dims)
+    if len(exclude) != len(dims):
+        raise ValueError(
+            f"normalize_advantage_exclude_dims={tuple(dims)} names a dim twice for an advantage "
+            f"of shape {tuple(advantage.shape)}"
         )
-    normalize = normalize and advantage.numel() > 1
-    if not normalize or not exclude:
-        groups = 1
-    elif exclude == {advantage.ndim - 2}:
-        groups = advantage.shape[-2]
-    else:
-        # Other exclusions: TorchRL's standardisation in torch, then the op without it.
-        advantage = reference.standardize_advantage_reference(advantage, exclude_dims)
-        normalize, groups = False, 1
-    path = _path("ppo_clip", log_prob, prev_log_prob, advantage)
-    if path == "reference":
-        return reference.ppo_clip_reference(
-            log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize=normalize,
-            exclude_dims=exclude_dims, reduction=reduction,
-        )
-    N = shape[0]
-    M = math.prod(shape[1:])
-    args = (log_prob.reshape(N, M), prev_log_prob.reshape(N, M), advantage.reshape(N, M),
-            clip_low.reshape(()), clip_high.reshape(()), groups, normalize, reduction)
-    if path == "op":
-        loss, clip_fraction, kl, ess, max_ratio, mean_ratio, _, _ = torch.ops.fastmarl.ppo_clip(*args)
-    else:
-        loss, clip_fraction, kl, ess, max_ratio, mean_ratio = _PPOClip.apply(*args)
-    return {
-        "loss_objective": loss.reshape(shape) if reduction == "none" else loss,
-        "clip_fraction": clip_fraction,
-        "kl_approx": kl,
-        "ESS": ess.reshape(shape[1:]),
-        "max_ratio": max_ratio,
-        "mean_ratio": mean_ratio,
-    }
+    return exclude
 
 
 def ppo_critic_loss(
@@ -451,8 +390,8 @@ def ppo_critic_loss(
     _check_float("value", value)
     _check_float("target", target, value.device)
     _check_reduction(reduction)
-    if loss_critic_type not in reference.CRITIC_LOSS_TYPES:
-        raise ValueError(f"loss_critic_type must be one of {list(reference.CRITIC_LOSS_TYPES)}, got {loss_critic_type!r}")
+    if loss_critic_type not in CRITIC_LOSS_TYPES:
+        raise ValueError(f"loss_critic_type must be one of {list(CRITIC_LOSS_TYPES)}, got {loss_critic_type!r}")
     if value.ndim == 0 or value.numel() == 0:
         raise ValueError(f"value of shape {tuple(value.shape)} must have a batch dim and at least one sample")
     if target.shape != value.shape:
@@ -468,32 +407,35 @@ def ppo_critic_loss(
         old_value = None
     if coeff is not None:
         coeff = _as_scalar_tensor("coeff", coeff, value)
-    if any(x is not None and x.requires_grad for x in (target, old_value, clip_value, coeff)):
-        return reference.ppo_critic_reference(
-            target, value, old_value, clip_value, coeff, loss_type=loss_critic_type,
-            reduction=reduction, explained_variance=explained_variance,
-        )
-    path = _path("ppo_critic", *(x for x in (value, target, old_value) if x is not None))
-    if path == "reference":
-        return reference.ppo_critic_reference(
-            target, value, old_value, clip_value, coeff, loss_type=loss_critic_type,
-            reduction=reduction, explained_variance=explained_variance,
-        )
-    shape = value.shape
-    N, M = shape[0], math.prod(shape[1:])
+    return ppo_ops.ppo_critic(value, target, old_value, clip_value, coeff, loss_type=loss_critic_type,
+                              reduction=reduction, explained_variance=explained_variance)
 
-    def flat(x):
-        return None if x is None else x.reshape(N, M)
 
-    args = (flat(value), flat(target), flat(old_value), clip_value, coeff, loss_critic_type, reduction)
-    if path == "op":
-        loss, clip_fraction, ev = torch.ops.fastmarl.ppo_critic(*args, explained_variance)
-    else:
-        loss, clip_fraction, ev = _PPOCritic.apply(*args)
-    out = {}
-    if clip_value is not None:
-        out["value_clip_fraction"] = clip_fraction
-    if explained_variance:
-        out["explained_variance"] = ev.reshape(shape[1:])
-    out["loss_critic"] = loss.reshape(shape).squeeze(-1) if reduction == "none" else loss
-    return out
+# --------------------------------------------------------------------------- QMIX
+
+
+def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) -> Tensor:
+    """``Q_tot`` ``[B, 1]`` of the agents' chosen Q-values ``q`` ``[B, n]`` and the state
+    ``state`` ``[B, S]`` through the QMIX mixer whose tensors are ``params`` (a
+    :class:`~fastmarl.ops.qmix.params.QMixParams`, or its 10 or 14 tensors in that order).
+
+    :class:`fastmarl.modules.QMixer` is the module around it (``[*B, n, 1]`` inputs, parameter
+    names, TorchRL's state_dict). Gradients reach ``q``, ``state`` and every parameter.
+    """
+    if not isinstance(params, QMixParams):
+        params = QMixParams.from_flat(list(params))
+    for name, x in (("q", q), ("state", state)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if q.ndim != 2 or q.shape[0] == 0:
+        raise ValueError(f"q has shape {tuple(q.shape)}, expected a non-empty [B, n]")
+    S = params.state_dim
+    if tuple(state.shape) != (q.shape[0], S):
+        raise ValueError(f"state has shape {tuple(state.shape)}, expected [B, S] = {(q.shape[0], S)}")
+    for name, x in zip(("state", *qmix_ops.MODULE_PARAM_NAMES[2 if params.two_layer else 1]),
+                       (state, *params.flat())):
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
+    return qmix_ops.mix(q, state, params)

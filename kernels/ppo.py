@@ -39,10 +39,16 @@ MAX_COLUMNS = 256
 BLOCK_P = 32
 NUM_WARPS = 4
 
-LOSS_L1, LOSS_L2, LOSS_SMOOTH_L1 = 0, 1, 2
+# The LOSS and REDUCTION modes; the launchers (fastmarl/ops/ppo/triton.py) map TorchRL's names
+# ("l1", "mean", ...) onto these and nothing else spells the numbers.
+LOSS_L1 = tl.constexpr(0)
+LOSS_L2 = tl.constexpr(1)
+LOSS_SMOOTH_L1 = tl.constexpr(2)
+REDUCE_MEAN = tl.constexpr(0)
+REDUCE_SUM = tl.constexpr(1)
+REDUCE_NONE = tl.constexpr(2)
 # Sizes are never specialised (do_not_specialize): a new minibatch size must not recompile, and
 # Triton would otherwise turn a size of 1 into a constexpr.
-REDUCE_MEAN, REDUCE_SUM, REDUCE_NONE = 0, 1, 2
 
 
 def ppo_block_sizes(num_columns: int) -> tuple[int, int]:
@@ -197,7 +203,7 @@ def ppo_clip_loss_kernel(
     gain = tl.where((gain1 <= gain2) | (gain1 != gain1), gain1, gain2)
     loss = tl.where(m, -gain, 0.0)
     clipped = m & (b_lw_clip != b_lw)
-    if REDUCTION == 2:
+    if REDUCTION == REDUCE_NONE:
         tl.store(loss_ptr + o_n[:, None] * M + o_m64[None, :], loss.to(loss_ptr.dtype.element_ty), mask=m)
     else:
         tl.store(p_loss_ptr + i_p, tl.sum(tl.sum(loss, axis=1), axis=0))
@@ -253,12 +259,12 @@ def ppo_clip_loss_kernel(
         for p0 in range(0, n_parts, BLOCK_P):
             o_p = p0 + tl.arange(0, BLOCK_P)
             mp = o_p < n_parts
-            if REDUCTION != 2:
+            if REDUCTION != REDUCE_NONE:
                 total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
             clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
-        if REDUCTION == 0:
+        if REDUCTION == REDUCE_MEAN:
             tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
-        elif REDUCTION == 1:
+        elif REDUCTION == REDUCE_SUM:
             tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
         tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
 
@@ -289,11 +295,11 @@ def ppo_clip_bwd_kernel(
     first = (gain1 <= gain2) | (gain1 != gain1)
     inside = (b_lw >= clip_low) & (b_lw <= clip_high)
     d_gain = tl.where(first, gain1, tl.where(inside, gain2, 0.0))
-    if REDUCTION == 2:
+    if REDUCTION == REDUCE_NONE:
         b_g = _load_tile(grad_loss_ptr, o_n, o_m64, s_g_n, s_g_m, m)
     else:
         b_g = tl.load(grad_loss_ptr).to(tl.float32)
-        if REDUCTION == 0:
+        if REDUCTION == REDUCE_MEAN:
             b_g = b_g / tl.cast(N * M, tl.float32)
     grad = -b_g * d_gain
     tl.store(grad_log_prob_ptr + o_n[:, None] * M + o_m64[None, :], grad.to(grad_log_prob_ptr.dtype.element_ty), mask=m)
@@ -302,9 +308,9 @@ def ppo_clip_bwd_kernel(
 @triton.jit
 def _distance(target, value, LOSS: tl.constexpr):
     diff = target - value
-    if LOSS == 0:
+    if LOSS == LOSS_L1:
         return tl.abs(diff)
-    elif LOSS == 1:
+    elif LOSS == LOSS_L2:
         return diff * diff
     else:
         ad = tl.abs(diff)
@@ -316,9 +322,9 @@ def _distance_grad(target, value, LOSS: tl.constexpr):
     # d distance / d value, with torch's conventions at the kinks (sign(0) = 0, |d| = 1 linear).
     diff = value - target
     sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
-    if LOSS == 0:
+    if LOSS == LOSS_L1:
         return sign
-    elif LOSS == 1:
+    elif LOSS == LOSS_L2:
         return 2.0 * diff
     else:
         return tl.where(tl.abs(diff) < 1.0, diff, sign)
@@ -353,7 +359,7 @@ def ppo_critic_kernel(
     if HAS_COEFF:
         loss = tl.load(coeff_ptr).to(tl.float32) * loss
     loss = tl.where(m, loss, 0.0)
-    if REDUCTION == 2:
+    if REDUCTION == REDUCE_NONE:
         tl.store(loss_ptr + o_n[:, None] * M + o_m64[None, :], loss.to(loss_ptr.dtype.element_ty), mask=m)
     else:
         tl.store(p_loss_ptr + i_p, tl.sum(tl.sum(loss, axis=1), axis=0))
@@ -382,13 +388,13 @@ def ppo_critic_finalize_kernel(
     for p0 in range(0, n_parts, BLOCK_P):
         o_p = p0 + tl.arange(0, BLOCK_P)
         mp = o_p < n_parts
-        if REDUCTION != 2:
+        if REDUCTION != REDUCE_NONE:
             total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
         if HAS_CLIP:
             clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
-    if REDUCTION == 0:
+    if REDUCTION == REDUCE_MEAN:
         tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
-    elif REDUCTION == 1:
+    elif REDUCTION == REDUCE_SUM:
         tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
     tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
     if EXPLAINED_VARIANCE:
@@ -431,10 +437,10 @@ def ppo_critic_bwd_kernel(
                           tl.where(loss < loss_clipped, d_clip, 0.5 * (d_loss + d_clip)))
     if HAS_COEFF:
         d_loss = tl.load(coeff_ptr).to(tl.float32) * d_loss
-    if REDUCTION == 2:
+    if REDUCTION == REDUCE_NONE:
         b_g = _load_tile(grad_loss_ptr, o_n, o_m64, s_g_n, s_g_m, m)
     else:
         b_g = tl.load(grad_loss_ptr).to(tl.float32)
-        if REDUCTION == 0:
+        if REDUCTION == REDUCE_MEAN:
             b_g = b_g / tl.cast(N * M, tl.float32)
     tl.store(grad_value_ptr + o_n[:, None] * M + o_m64[None, :], (b_g * d_loss).to(grad_value_ptr.dtype.element_ty), mask=m)

@@ -16,7 +16,7 @@ def variants():
             stats_ptrs["ticket_ptr"] = "*i32"
             yield (f"ppo_clip_stats {float_t} M={M} normalize={normalize}", K.ppo_clip_stats_kernel, stats_ptrs, sizes,
                    dict(BN=block_n, BM=block_m, NORMALIZE=normalize))
-            for reduction in (K.REDUCE_MEAN, K.REDUCE_NONE):
+            for reduction in (K.REDUCE_MEAN.value, K.REDUCE_NONE.value):
                 loss_ptrs = dict(stats_ptrs)
                 loss_ptrs.update({n: f32 for n in ("clip_low_ptr", "clip_high_ptr", "p_loss_ptr", "p_clip_ptr",
                                                    "adv_mean_ptr", "adv_std_ptr")})
@@ -26,26 +26,26 @@ def variants():
                        K.ppo_clip_loss_kernel, loss_ptrs, sizes,
                        dict(BN=block_n, BM=block_m, BG=block_m, BLOCK_P=K.BLOCK_P, NORMALIZE=normalize,
                             REDUCTION=reduction))
-        for reduction in (K.REDUCE_SUM, K.REDUCE_NONE):
+        for reduction in (K.REDUCE_SUM.value, K.REDUCE_NONE.value):
             bwd_ptrs = {n: ptr for n in ("grad_loss_ptr", "log_prob_ptr", "prev_log_prob_ptr", "advantage_ptr",
                                          "grad_log_prob_ptr")}
             bwd_ptrs.update({n: f32 for n in ("clip_low_ptr", "clip_high_ptr", "adv_mean_ptr", "adv_std_ptr")})
             yield (f"ppo_clip_bwd {float_t} M={M} reduction={reduction}", K.ppo_clip_bwd_kernel, bwd_ptrs, sizes,
                    dict(BN=block_n, BM=block_m, REDUCTION=reduction))
-        for loss in (K.LOSS_L1, K.LOSS_L2, K.LOSS_SMOOTH_L1):
-            flags = dict(HAS_CLIP=loss != K.LOSS_L1, HAS_COEFF=loss != K.LOSS_L2)
+        for loss in (K.LOSS_L1.value, K.LOSS_L2.value, K.LOSS_SMOOTH_L1.value):
+            flags = dict(HAS_CLIP=loss != K.LOSS_L1.value, HAS_COEFF=loss != K.LOSS_L2.value)
             critic_ptrs = {n: ptr for n in ("value_ptr", "target_ptr", "old_value_ptr", "loss_ptr")}
             critic_ptrs.update({n: f32 for n in ("clip_value_ptr", "coeff_ptr", "p_loss_ptr", "p_clip_ptr",
                                                  "p_t_count_ptr", "p_t_mean_ptr", "p_t_m2_ptr", "p_r_mean_ptr",
                                                  "p_r_m2_ptr")})
             yield (f"ppo_critic {float_t} M={M} loss={loss}", K.ppo_critic_kernel, critic_ptrs, sizes,
-                   dict(BN=block_n, BM=block_m, LOSS=loss, REDUCTION=K.REDUCE_MEAN, EXPLAINED_VARIANCE=True, **flags))
+                   dict(BN=block_n, BM=block_m, LOSS=loss, REDUCTION=K.REDUCE_MEAN.value, EXPLAINED_VARIANCE=True, **flags))
             bwd = {n: ptr for n in ("grad_loss_ptr", "value_ptr", "target_ptr", "old_value_ptr", "grad_value_ptr")}
             bwd.update({"clip_value_ptr": f32, "coeff_ptr": f32})
             yield (f"ppo_critic_bwd {float_t} M={M} loss={loss}", K.ppo_critic_bwd_kernel, bwd, sizes,
-                   dict(BN=block_n, BM=block_m, LOSS=loss, REDUCTION=K.REDUCE_NONE, **flags))
+                   dict(BN=block_n, BM=block_m, LOSS=loss, REDUCTION=K.REDUCE_NONE.value, **flags))
         fin = {n: f32 for n in ("p_loss_ptr", "p_clip_ptr", "p_t_count_ptr", "p_t_mean_ptr", "p_t_m2_ptr",
                                 "p_r_mean_ptr", "p_r_m2_ptr")}
         fin.update({n: ptr for n in ("loss_ptr", "clip_fraction_ptr", "explained_variance_ptr")})
         yield (f"ppo_critic_finalize {float_t} M={M}", K.ppo_critic_finalize_kernel, fin, sizes,
-               dict(BM=block_m, BLOCK_P=K.BLOCK_P, REDUCTION=K.REDUCE_MEAN, HAS_CLIP=True, EXPLAINED_VARIANCE=True))
+               dict(BM=block_m, BLOCK_P=K.BLOCK_P, REDUCTION=K.REDUCE_MEAN.value, HAS_CLIP=True, EXPLAINED_VARIANCE=True))

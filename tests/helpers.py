@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastmarl.ops._triton import HAS_TRITON, interpreting
+from fastmarl.ops.triton_support import HAS_TRITON, interpreting
 
 requires_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON),

@@ -1,6 +1,6 @@
 """The GAE Triton kernels, run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``).
 
-These call the launchers of :mod:`fastmarl.ops.gae` directly (the op sends CPU tensors to the
+These call the launchers of :mod:`fastmarl.ops.gae.triton` directly (the op sends CPU tensors to the
 torch kernel). They are the CPU twins of the CUDA tests in ``test_gae.py``; shapes stay small
 because the interpreter runs each program in numpy.
 """
@@ -10,13 +10,13 @@ import torch
 from helpers import assert_close, requires_interpreter
 from gae_cases import DONE_PATTERNS, make_flags, make_gae_inputs
 
-from fastmarl.reference import gae_reference
+from fastmarl.ops.gae.naive import gae as gae_reference
 
 pytestmark = requires_interpreter
 
 
 def _launch(value, next_value, reward, done, terminated, gamma, lmbda, grad_adv, grad_vt, block_t=None):
-    from fastmarl.ops.gae import gae_bwd_triton, gae_fwd_triton
+    from fastmarl.ops.gae.triton import gae_bwd, gae_fwd
 
     shape = value.shape
     out_dtype = torch.promote_types(torch.promote_types(value.dtype, next_value.dtype), reward.dtype)
@@ -25,11 +25,11 @@ def _launch(value, next_value, reward, done, terminated, gamma, lmbda, grad_adv,
     # NaN-poisoned outputs: an element the kernel forgets to write fails the comparison.
     adv = torch.full(shape, float("nan"), dtype=out_dtype)
     vt = torch.full(shape, float("nan"), dtype=out_dtype)
-    gae_fwd_triton(value, next_value, reward, done, terminated, gamma_s, lmbda_s, gamma_t, lmbda_t,
-                   adv, vt, block_t=block_t)
+    gae_fwd(value, next_value, reward, done, terminated, gamma_s, lmbda_s, gamma_t, lmbda_t,
+            adv, vt, block_t=block_t)
     grads = [torch.full(shape, float("nan"), dtype=x.dtype) for x in (value, next_value, reward)]
-    gae_bwd_triton(grad_adv.to(out_dtype), grad_vt.to(out_dtype), done, terminated, gamma_s, lmbda_s,
-                   gamma_t, lmbda_t, *grads, block_t=block_t)
+    gae_bwd(grad_adv.to(out_dtype), grad_vt.to(out_dtype), done, terminated, gamma_s, lmbda_s,
+            gamma_t, lmbda_t, *grads, block_t=block_t)
     return (adv, vt), grads
 
 

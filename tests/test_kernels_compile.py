@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmarl.ops._triton import HAS_TRITON
+from fastmarl.ops.triton_support import HAS_TRITON
 
 # op name -> number of variants in tests/aot_<op>.py (each compiled for two targets)
 OPS = {"gae": 10, "ppo": 45, "qmix": 12}

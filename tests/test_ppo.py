@@ -6,16 +6,23 @@ from helpers import assert_close, requires_cuda
 
 from fastmarl import functional
 from fastmarl.functional import clip_bounds, ppo_clip_loss, ppo_critic_loss
-from fastmarl.reference import ppo_clip_reference, ppo_critic_reference
+from fastmarl.ops import Path, force_path
+from fastmarl.ops.ppo import select_path
+from fastmarl.ops.ppo.naive import ppo_clip as ppo_clip_reference
+from fastmarl.ops.ppo.naive import ppo_critic as ppo_critic_reference
+from fastmarl.ops.ppo.op import EAGER_FUSED_MIN_ELEMENTS
 
-@pytest.fixture(autouse=True, params=["dispatch", "fused"])
-def eager_path(request, monkeypatch):
-    """Every test twice: with the size dispatch of ``fastmarl.functional`` (small calls run the
-    reference math), and with the fused torch kernels forced at every size, so that the float64
-    oracle checks them on the odd shapes too."""
-    if request.param == "fused":
-        monkeypatch.setattr(functional, "EAGER_FUSED_MIN_ELEMENTS", {"ppo_clip": 0, "ppo_critic": 0})
-    return request.param
+
+@pytest.fixture(params=["policy", "fused", "op"])
+def path(request):
+    """A numerics test three times: as shipped (the composite path at these sizes), with the
+    fused kernels forced at every size, and through the registered op (its CPU kernels), so that
+    the float64 oracle checks each implementation on the odd shapes."""
+    if request.param == "policy":
+        yield request.param
+        return
+    with force_path(request.param, "ppo_clip", "ppo_critic"):
+        yield request.param
 
 
 SHAPES = [
@@ -65,23 +72,28 @@ CLIP_CASES = [
 
 @pytest.mark.parametrize("shape,normalize,exclude", CLIP_CASES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_clip_matches_float64_reference(shape, normalize, exclude, reduction):
+def test_clip_matches_float64_reference(shape, normalize, exclude, reduction, path):
     _compare_clip(shape, normalize=normalize, exclude=exclude, reduction=reduction)
 
 
-def test_clip_asymmetric_epsilon_and_tensor_epsilon():
+def test_clip_asymmetric_epsilon_and_tensor_epsilon(path):
     _compare_clip((64, 3), normalize=True, exclude=(-2,), reduction="mean", clip_epsilon=(0.1, 0.3))
     _compare_clip((64, 3), normalize=False, exclude=(), reduction="none",
                   clip_epsilon=torch.tensor(0.25, dtype=torch.float64))
 
 
-def test_clip_other_exclude_dims_standardise_in_torch():
+def test_clip_other_exclude_dims_standardise_in_torch(path):
     # Exclusions other than the agent dim go through TorchRL's _standardize, then the op.
     _compare_clip((9, 4, 3), normalize=True, exclude=(-3,), reduction="mean")
     _compare_clip((9, 4, 3), normalize=True, exclude=(-3, -2), reduction="mean")
+    # Every dim excluded: TorchRL leaves the advantage as it is.
+    inputs = _clip_inputs((9, 4, 3))
+    excluded = _compare_clip((9, 4, 3), normalize=True, exclude=(0, 1, 2, 3), reduction="mean", inputs=inputs)
+    raw = _compare_clip((9, 4, 3), normalize=False, exclude=(), reduction="mean", inputs=inputs)
+    assert torch.equal(excluded["loss_objective"], raw["loss_objective"])
 
 
-def test_clip_all_equal_advantages():
+def test_clip_all_equal_advantages(path):
     # std 0: TorchRL clamps it at 1e-6; an exactly representable constant keeps a - mean == 0.
     shape = (40, 3)
     log_prob, prev, _ = _clip_inputs(shape)
@@ -91,7 +103,7 @@ def test_clip_all_equal_advantages():
     assert torch.isfinite(out["loss_objective"]) and out["loss_objective"] == 0
 
 
-def test_clip_extreme_log_ratios_stay_finite():
+def test_clip_extreme_log_ratios_stay_finite(path):
     shape = (50, 3)
     log_prob, prev, advantage = _clip_inputs(shape, dtype=torch.float32)
     log_prob = log_prob + torch.where(torch.rand(shape) < 0.5, 30.0, -30.0)
@@ -102,7 +114,7 @@ def test_clip_extreme_log_ratios_stay_finite():
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
-def test_clip_low_precision_inputs(dtype, atol):
+def test_clip_low_precision_inputs(dtype, atol, path):
     log_prob, prev, advantage = _clip_inputs((64, 3), dtype=torch.float64)
     out = ppo_clip_loss(log_prob.to(dtype), prev.to(dtype), advantage.to(dtype), normalize_advantage=True,
                         normalize_advantage_exclude_dims=(-2,))
@@ -117,7 +129,7 @@ def test_clip_low_precision_inputs(dtype, atol):
 @pytest.mark.parametrize("clip", [None, 0.2], ids=["no-clip", "clip"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", [(400, 3, 1), (1, 3, 1), (37, 1, 1), (13, 1)], ids=str)
-def test_critic_matches_float64_reference(loss_type, clip, reduction, shape):
+def test_critic_matches_float64_reference(loss_type, clip, reduction, shape, path):
     value = torch.randn(shape, dtype=torch.float64)
     target = torch.randn(shape, dtype=torch.float64)
     old = value + 0.3 * torch.randn(shape, dtype=torch.float64)
@@ -138,7 +150,7 @@ def test_critic_matches_float64_reference(loss_type, clip, reduction, shape):
     assert_close(v.grad, v_ref.grad, atol=1e-10, rtol=1e-8, name="d_value")
 
 
-def test_critic_tie_at_the_clip_splits_the_gradient_like_torch_maximum():
+def test_critic_tie_at_the_clip_splits_the_gradient_like_torch_maximum(path):
     # value inside the clip range: clipped and unclipped losses tie, the halves must add up.
     value = torch.tensor([[0.1], [0.5]], dtype=torch.float64)
     old = torch.tensor([[0.0], [0.0]], dtype=torch.float64)
@@ -197,6 +209,40 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(critic_loss, (value,))
 
 
+@pytest.mark.parametrize("path", ["fused", "composite", "op"])
+def test_second_derivatives_are_exact_on_every_path(path):
+    # A Hessian-vector product through the loss (e.g. a natural-gradient or meta-RL step): the
+    # fused path and the op recompute their backward in torch ops when a graph of it is asked
+    # for, instead of dropping the d2L/dlogp2 term.
+    log_prob, prev, advantage = _clip_inputs((30, 3))
+    target = torch.randn(30, 3, 1, dtype=torch.float64)
+    old = target + 0.3 * torch.randn_like(target)
+
+    def clip_loss(lp):
+        return ppo_clip_loss(lp, prev, advantage, normalize_advantage=True,
+                             normalize_advantage_exclude_dims=(-2,), reduction="sum")["loss_objective"]
+
+    def critic_loss(value):
+        return ppo_critic_loss(value, target, old_value=old, clip_value=0.4, coeff=0.7,
+                               loss_critic_type="l2", reduction="mean")["loss_critic"]
+
+    with force_path(path, "ppo_clip", "ppo_critic"):
+        assert torch.autograd.gradgradcheck(clip_loss, (log_prob.clone().requires_grad_(),))
+        value = (target + 0.25 * torch.rand_like(target)).requires_grad_()
+        assert torch.autograd.gradgradcheck(critic_loss, (value,))
+        # and against TorchRL's math: H @ v for the surrogate
+        lp = log_prob.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(clip_loss(lp), lp, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * prev).sum(), lp)
+    lp_ref = log_prob.clone().requires_grad_()
+    low, high = clip_bounds(0.2, log_prob)
+    ref = ppo_clip_reference(lp_ref, prev, advantage, low.double(), high.double(), normalize=True,
+                             exclude_dims=(-2,), reduction="sum")["loss_objective"]
+    (grad_ref,) = torch.autograd.grad(ref, lp_ref, create_graph=True)
+    (hvp_ref,) = torch.autograd.grad((grad_ref * prev).sum(), lp_ref)
+    assert_close(hvp, hvp_ref, atol=1e-10, rtol=1e-8, name="hvp")
+
+
 def test_compile_fullgraph_functionals():
     torch._dynamo.reset()
     log_prob, prev, advantage = _clip_inputs((64, 3), dtype=torch.float32)
@@ -239,7 +285,7 @@ def test_compile_fullgraph_functionals():
 )
 def test_clip_bad_input(change, error, match):
     kwargs = dict(log_prob=torch.randn(40, 3), prev_log_prob=torch.randn(40, 3), advantage=torch.randn(40, 3, 1))
-    change = dict(change)  # the parameter is shared by both eager_path runs
+    change = dict(change)  # pop() below must not change the shared parameter
     reduction = change.pop("reduction", "mean")
     kwargs.update(change)
     with pytest.raises(error, match=match):
@@ -318,25 +364,28 @@ def test_cuda_opcheck_and_compile():
 
 
 @pytest.mark.parametrize("op", ["ppo_clip", "ppo_critic"])
-def test_eager_dispatch_by_size_and_dtype(op, eager_path):
-    # Below EAGER_FUSED_MIN_ELEMENTS the eager CPU path is the reference math, bit for bit; from
-    # it on (or with half-precision inputs) the fused kernels, which the oracle tests check.
-    threshold = functional.EAGER_FUSED_MIN_ELEMENTS[op]
-    below, at = (max(threshold, 2) - 1, 1), (max(threshold, 1), 1)
-    expected_paths = {"dispatch": ["reference", "eager", "eager"], "fused": ["eager", "eager", "eager"]}
-    cases = [(below, torch.float32), (at, torch.float32), (below, torch.float16)]
-    assert [functional._path(op, torch.zeros(shape, dtype=dtype)) for shape, dtype in cases] == expected_paths[eager_path]
-    if eager_path == "dispatch" and threshold > 1:
-        log_prob, prev, advantage = _clip_inputs((below[0], 1), torch.float32)
-        if op == "ppo_clip":
-            out = ppo_clip_loss(log_prob, prev, advantage, normalize_advantage=True)
-            low, high = clip_bounds(0.2, log_prob)
-            ref = ppo_clip_reference(log_prob, prev, advantage, low, high, normalize=True)
-        else:
-            value = advantage.clone()
-            out = ppo_critic_loss(value, value + 1, old_value=value - 1, clip_value=0.2)
-            ref = ppo_critic_reference(value + 1, value, value - 1, torch.tensor(0.2))
-        assert all(torch.equal(out[k], ref[k]) for k in ref)
+def test_path_policy_by_size_dtype_and_grad(op):
+    # Below EAGER_FUSED_MIN_ELEMENTS the eager CPU path is the composite one (TorchRL's bits);
+    # from it on, or with half-precision inputs, the fused kernels; an input other than the
+    # log-prob (value) that requires grad, or a compile, takes the composite path.
+    threshold = EAGER_FUSED_MIN_ELEMENTS[op]
+    below, at = (threshold - 1, 1), (threshold, 1)
+    cases = [((torch.zeros(below),), False), ((torch.zeros(at),), False),
+             ((torch.zeros(below, dtype=torch.float16),), False), ((torch.zeros(at),), True)]
+    assert [select_path(op, operands, grad) for operands, grad in cases] == [
+        Path.COMPOSITE, Path.FUSED, Path.FUSED, Path.COMPOSITE]
+    with force_path("op", op):
+        assert select_path(op, cases[0][0], False) is Path.OP
+    log_prob, prev, advantage = _clip_inputs((below[0], 1), torch.float32)
+    if op == "ppo_clip":
+        out = ppo_clip_loss(log_prob, prev, advantage, normalize_advantage=True)
+        low, high = clip_bounds(0.2, log_prob)
+        ref = ppo_clip_reference(log_prob, prev, advantage, low, high, normalize=True)
+    else:
+        value = advantage.clone()
+        out = ppo_critic_loss(value, value + 1, old_value=value - 1, clip_value=0.2)
+        ref = ppo_critic_reference(value + 1, value, value - 1, torch.tensor(0.2))
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
 
 
 def test_cached_float_bounds_survive_inference_mode():

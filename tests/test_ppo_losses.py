@@ -8,6 +8,7 @@ parameter gradient is compared.
 import copy
 import inspect
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -23,10 +24,10 @@ from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
 from torchrl.objectives.value import GAE as TorchRLGAE
 from torchrl.objectives.value import TD0Estimator
 
-import fastmarl.functional
 import fastmarl.objectives as fm
 import fastmarl.objectives.multiagent as fm_multiagent
 from fastmarl.objectives.value import GAE, MultiAgentGAE
+from fastmarl.ops import force_path
 
 PAIRS = {
     "ClipPPOLoss": (fm.ClipPPOLoss, TorchRLClipPPOLoss),
@@ -87,12 +88,15 @@ CONFIGS = [
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS)
 @pytest.mark.parametrize("N", [1, 37, 400])
-@pytest.mark.parametrize("path", ["dispatch", "fused"])
-def test_outputs_and_gradients_match_torchrl(name, kwargs, N, path, monkeypatch):
-    # "dispatch": the functionals' size dispatch (these sizes run TorchRL's op sequence on the
-    # CPU); "fused": the fused torch kernels forced at every size.
-    if path == "fused":
-        monkeypatch.setattr(fastmarl.functional, "EAGER_FUSED_MIN_ELEMENTS", {"ppo_clip": 0, "ppo_critic": 0})
+@pytest.mark.parametrize("path", ["policy", "fused"])
+def test_outputs_and_gradients_match_torchrl(name, kwargs, N, path):
+    # "policy": as shipped (these sizes run the composite path on the CPU, TorchRL's bits);
+    # "fused": the fused torch kernels forced at every size.
+    with force_path("fused", "ppo_clip", "ppo_critic") if path == "fused" else nullcontext():
+        _check_against_torchrl(name, kwargs, N)
+
+
+def _check_against_torchrl(name, kwargs, N):
     ours_cls, theirs_cls = PAIRS[name]
     centralised = name != "IPPOLoss"
     actor, critic = make_actor(), make_critic(centralised=centralised)

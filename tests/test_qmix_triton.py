@@ -1,7 +1,7 @@
 """The QMIX Triton kernels, run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``).
 
-These call the launchers of :mod:`fastmarl.ops.qmix` directly (the op sends CPU tensors to the
-torch kernels). They are the CPU twins of the CUDA tests in ``test_qmix.py``: outputs and every
+These call the launchers of :mod:`fastmarl.ops.qmix.triton` directly (the op sends CPU tensors
+to the torch kernels). They are the CPU twins of the CUDA tests in ``test_qmix.py``: outputs and every
 gradient against the float64 reference, with NaN-poisoned buffers so that an element the kernels
 forget to write fails. Shapes stay small because the interpreter runs each program in numpy.
 """
@@ -11,7 +11,9 @@ import torch
 from helpers import assert_close, requires_interpreter
 from qmix_cases import make_inputs, make_params
 
-from fastmarl import reference
+from fastmarl.ops.qmix import MODULE_PARAM_NAMES, cpu
+from fastmarl.ops.qmix.naive import qmix as qmix_reference
+from fastmarl.ops.qmix.weight_grads import weight_and_state_grads
 
 pytestmark = requires_interpreter
 
@@ -20,49 +22,49 @@ HALF_ROUNDING = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def _launch(q, state, params, grad_q_tot, block_b, save_hidden=True):
-    from fastmarl.ops.qmix import qmix_bwd_triton, qmix_fwd_triton
+    from fastmarl.ops.qmix.triton import qmix_bwd, qmix_fwd
 
     B, n = q.shape
-    E = params[4].shape[0]
-    two_layer = len(params) == 14
-    H = params[0].shape[0] if two_layer else 0
-    acc = torch.float64 if torch.float64 in (q.dtype, state.dtype, params[0].dtype) else torch.float32
-    out_dtype = torch.promote_types(torch.promote_types(q.dtype, state.dtype), params[0].dtype)
+    E, H, two_layer = params.embed, params.hidden, params.two_layer
+    weight = params.hyper_w1_weight
+    acc = torch.float64 if torch.float64 in (q.dtype, state.dtype, weight.dtype) else torch.float32
+    out_dtype = torch.promote_types(torch.promote_types(q.dtype, state.dtype), weight.dtype)
     q_tot = torch.full((B, 1), float("nan"), dtype=out_dtype)
     hidden_pre = torch.full((B, E), float("nan"), dtype=acc)
-    qmix_fwd_triton(q, state, params, q_tot, hidden_pre if save_hidden else None, block_b=block_b)
+    qmix_fwd(q, state, params, q_tot=q_tot, hidden_pre=hidden_pre if save_hidden else None, block_b=block_b)
     if not save_hidden:
         return q_tot, None
-    c1 = sum(params[i].shape[0] for i in (0, 2, 4, 6))
+    c1 = sum(w.shape[0] for w in params.state_weights)
     buffers = dict(
         dq=torch.full((B, n), float("nan"), dtype=acc),
         dz1=torch.full((B, c1 + E), float("nan"), dtype=acc),
         dz2=torch.full((B if two_layer else 0, n * E + E), float("nan"), dtype=acc),
         g=torch.full((B if two_layer else 0, 2 * H), float("nan"), dtype=acc),
     )
-    qmix_bwd_triton(grad_q_tot.to(out_dtype), q, state, params, hidden_pre, **buffers, block_b=block_b)
+    qmix_bwd(grad_q_tot.to(out_dtype), q, state, params, hidden_pre, **buffers, block_b=block_b)
     for name, buffer in buffers.items():
         assert not buffer.isnan().any(), f"{name}: elements the kernel did not write"
-    first, nE = params[0].shape[0], n * E
+    first, nE = weight.shape[0], n * E
     dz1, dz2 = buffers["dz1"], buffers["dz2"]
-    grads = reference.qmix_grads_from_dz(grad_q_tot.to(out_dtype), buffers["dq"], dz1[:, :first],
-                                         dz1[:, first:], dz2[:, :nE], dz2[:, nE:], buffers["g"], q,
-                                         state, params, True)
+    grads = weight_and_state_grads(grad_q_tot.to(out_dtype), buffers["dq"], dz1[:, :first],
+                                   dz1[:, first:], dz2[:, :nE], dz2[:, nE:], buffers["g"], q,
+                                   state, params, True)
     return (q_tot, hidden_pre), grads
 
 
 def _check(q, state, params, *, atol, rtol, block_b=16):
-    f64 = [x.detach().double().requires_grad_() for x in (q, state, *params)]
-    ref = reference.qmix_reference(f64[0].unsqueeze(-1), f64[1], f64[2:])
+    f64 = [x.detach().double().requires_grad_() for x in (q, state, *params.flat())]
+    f64_params = type(params).from_flat(f64[2:])
+    ref = qmix_reference(f64[0].unsqueeze(-1), f64[1], f64_params)
     grad_q_tot = torch.randn_like(ref)
     ref.backward(grad_q_tot)
-    ref_hidden_pre = reference.qmix_forward_flat(*(x.detach() for x in f64[:2]),
-                                                 [x.detach() for x in f64[2:]], True)[1].squeeze(1)
+    ref_hidden_pre = cpu.qmix_forward(f64[0].detach(), f64[1].detach(), f64_params.map(torch.Tensor.detach),
+                                      True)[1].squeeze(1)
     (q_tot, hidden_pre), grads = _launch(q, state, params, grad_q_tot, block_b)
     assert_close(q_tot, ref, atol=atol, rtol=rtol, name="q_tot")
     assert_close(hidden_pre, ref_hidden_pre, atol=atol, rtol=rtol, name="hidden_pre")
-    names = ("q", "state", *reference.QMIX_PARAM_NAMES[2 if len(params) == 14 else 1])
-    for name, grad, x, like in zip(names, grads, f64, (q, state, *params)):
+    names = ("q", "state", *MODULE_PARAM_NAMES[2 if params.two_layer else 1])
+    for name, grad, x, like in zip(names, grads, f64, (q, state, *params.flat())):
         # Weight gradients sum over the batch: the tolerance scales with their magnitude; a
         # gradient returned in a half dtype is rounded to it.
         scale = float(x.grad.abs().max()) + 1.0
@@ -114,8 +116,7 @@ def test_forward_without_saved_hidden_layer():
     params = make_params(3, 8, 37)
     q, state = make_inputs(21, 3, 37)
     q_tot, _ = _launch(q, state, params, None, 16, save_hidden=False)
-    expected = reference.qmix_reference(q.double().unsqueeze(-1), state.double(),
-                                        [p.double() for p in params])
+    expected = qmix_reference(q.double().unsqueeze(-1), state.double(), params.map(torch.Tensor.double))
     assert_close(q_tot, expected, atol=2e-6, rtol=2e-5)
 
 

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from tensordict import TensorDict
-from tensordict.nn import TensorDictParams
 from torchrl.objectives.utils import (
     ValueEstimators,
-    _coerce_value_type,
     dispatch_value_estimator,
     get_value_estimator_entry,
 )
 
-
-def _leaf_container(root, key):
-    # The dict that holds ``key``'s leaf, under a module, a TensorDict or a TensorDictParams.
-    *path, name = key
-    node = root
-    for step in path:
-        if isinstance(node, TensorDictParams):
-            node = node._param_td
-        if isinstance(node, TensorDict):
-            node = node._tensordict[step]
-        else:
-            node = node._modules[step] if step in node._modules else getattr(node, step)
-    if isinstance(node, TensorDictParams):
-        node = node._param_td
-    if isinstance(node, TensorDict):
-        return node._tensordict
-    return node._parameters if name in node._parameters else node._buffers
+from fastmarl import _compat
 
 
 class FunctionalParams:
@@ -52,15 +33,16 @@ class FunctionalParams:
         self._pairs = ()
 
     def _resolve(self):
-        self._param_td = self.params._param_td
+        self._param_td = _compat.param_tensordict(self.params)
         pairs = []
         for key in self.params.keys(True, True):
             key = key if isinstance(key, tuple) else (key,)
-            pairs.append((_leaf_container(self.params, key), _leaf_container(self.module, key), key[-1]))
+            pairs.append((_compat.leaf_container(self.params, key),
+                          _compat.leaf_container(self.module, key), key[-1]))
         self._pairs = tuple(pairs)
 
     def identical(self) -> bool:
-        if self.params._param_td is not self._param_td:
+        if _compat.param_tensordict(self.params) is not self._param_td:
             self._resolve()
         for params_leaves, module_leaves, name in self._pairs:
             if params_leaves.get(name) is not module_leaves.get(name):
@@ -94,7 +76,7 @@ def make_value_estimator_with(loss, estimators: dict, value_type, hyperparams, t
     then fastmarl's class is built instead of the registered one. Other types go to TorchRL.
     Returns ``True`` when the call was handled here.
     """
-    coerced = _coerce_value_type(value_type)
+    coerced = _compat.coerce_value_type(value_type)
     cls = estimators.get(coerced)
     if cls is None:
         return False
@@ -105,7 +87,7 @@ def make_value_estimator_with(loss, estimators: dict, value_type, hyperparams, t
     if hasattr(loss, "gamma"):
         merged.setdefault("gamma", loss.gamma)
     estimator = cls.for_loss(loss, **merged)
-    loss._value_estimator = estimator
+    _compat.set_value_estimator(loss, estimator)
     estimator.set_keys(**tensor_keys)
     return True
 

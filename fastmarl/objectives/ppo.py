@@ -29,9 +29,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import CompositeDistribution, dispatch
 from torchrl.objectives.ppo import ClipPPOLoss as _TorchRLClipPPOLoss
-from torchrl.objectives.utils import _maybe_get_or_select, _reduce
 
-from fastmarl.functional import _ppo_clip, ppo_critic_loss
+from fastmarl import _compat
+from fastmarl.functional import ppo_clip_loss_with_bounds, ppo_critic_loss
 from fastmarl.objectives.common import (
     fastmarl_value_estimators,
     make_value_estimator_with,
@@ -52,7 +52,7 @@ class FusedPPOMixin:
     """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family."""
 
     def make_value_estimator(self, value_type=None, **hyperparams):
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        value_type, hp = _compat.prepare_value_estimator_kwargs(self, value_type, **hyperparams)
         if value_type is None:
             return self
         keys = {name: getattr(self.tensor_keys, name) for name in (
@@ -65,7 +65,7 @@ class FusedPPOMixin:
         return not self.delay_actor and self.max_importance_ratio is None
 
     def _has_loss_mask(self, tensordict: TensorDictBase) -> bool:
-        return any(tensordict.get(key, None) is not None for key in self._loss_mask_keys())
+        return any(tensordict.get(key, None) is not None for key in _compat.loss_mask_keys(self))
 
     def _warn_normalization(self, advantage, tensordict):
         # TorchRL's warning for a multi-agent advantage standardised across agents.
@@ -93,7 +93,7 @@ class FusedPPOMixin:
                 )
             self.value_estimator(
                 data,
-                params=self._cached_critic_network_params_detached,
+                params=_compat.detached_critic_params(self),
                 target_params=self.target_critic_network_params,
             )
             if self._has_loss_mask(data):  # e.g. the estimator's "shifted_valid"
@@ -101,13 +101,13 @@ class FusedPPOMixin:
             advantage = data.get(self.tensor_keys.advantage)
         normalize = self.normalize_advantage
         if self.advantage_norm is not None:
-            advantage = self._scale_advantage(advantage, data, update=update_norm)
+            advantage = _compat.scale_advantage(self, advantage, data, update=update_norm)
             normalize = False
         elif normalize and advantage.numel() > 1:
             self._warn_normalization(advantage, data)
 
         adv_shape = advantage.shape[:-1]
-        prev_log_prob = _maybe_get_or_select(data, self.tensor_keys.sample_log_prob, adv_shape)
+        prev_log_prob = _compat.maybe_get_or_select(data, self.tensor_keys.sample_log_prob, adv_shape)
         if prev_log_prob is None:
             raise KeyError(f"Couldn't find the log-prob {self.tensor_keys.sample_log_prob} in the input data.")
         if prev_log_prob.requires_grad:
@@ -116,7 +116,7 @@ class FusedPPOMixin:
             dist = self.actor_network.get_dist(data)
         if isinstance(dist, CompositeDistribution):
             return super().forward(tensordict)
-        action = _maybe_get_or_select(data, self.tensor_keys.action)
+        action = _compat.maybe_get_or_select(data, self.tensor_keys.action)
         if action.requires_grad:
             raise RuntimeError(f"tensordict stored {self.tensor_keys.action} requires grad.")
         log_prob = dist.log_prob(action)
@@ -127,9 +127,11 @@ class FusedPPOMixin:
             # broadcasts the advantage; the op covers one ratio per sample.
             return super().forward(tensordict)
 
-        surrogate = _ppo_clip(
-            log_prob, prev_log_prob, advantage, *self._clip_bounds, normalize,
-            tuple(self.normalize_advantage_exclude_dims), self.reduction,
+        surrogate = ppo_clip_loss_with_bounds(
+            log_prob, prev_log_prob, advantage, *_compat.log_clip_bounds(self),
+            normalize_advantage=normalize,
+            normalize_advantage_exclude_dims=tuple(self.normalize_advantage_exclude_dims),
+            reduction=self.reduction,
         )
         out = {
             "loss_objective": surrogate["loss_objective"],
@@ -137,16 +139,17 @@ class FusedPPOMixin:
             "kl_approx": surrogate["kl_approx"],
         }
         if self.entropy_bonus:
-            entropy = self._get_entropy(dist, adv_shape=adv_shape)
+            entropy = _compat.entropy(self, dist, adv_shape)
             out["entropy"] = entropy.detach().mean()
-            out["loss_entropy"] = _reduce(self._weighted_loss_entropy(entropy), self.reduction).squeeze(-1)
-        if self._has_critic:
+            out["loss_entropy"] = _compat.reduce(
+                _compat.weighted_loss_entropy(self, entropy), self.reduction).squeeze(-1)
+        if _compat.has_critic(self):
             out.update(self._fused_loss_critic(data))
         out["ESS"] = surrogate["ESS"]
         out["max_ratio"] = surrogate["max_ratio"]
         out["mean_ratio"] = surrogate["mean_ratio"]
         td_out = TensorDict(out, batch_size=[])
-        self._clear_weakrefs(tensordict, td_out, *_PARAM_NAMES)
+        _compat.clear_weakrefs(self, tensordict, td_out, *_PARAM_NAMES)
         return td_out
 
     def _fused_loss_critic(self, data: TensorDictBase) -> dict:
@@ -178,8 +181,8 @@ class FusedPPOMixin:
                 f"Make sure that the 'value_key' passed to PPO is accurate."
             )
         # TorchRL's hook (MAPPOLoss/IPPOLoss push the three through their ValueNorm here).
-        target_return, state_value, old_state_value = self._critic_loss_inputs(
-            target_return, state_value, old_state_value
+        target_return, state_value, old_state_value = _compat.critic_loss_inputs(
+            self, target_return, state_value, old_state_value
         )
         out = ppo_critic_loss(
             state_value, target_return, old_value=old_state_value,

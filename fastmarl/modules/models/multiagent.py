@@ -20,11 +20,12 @@ from torchrl.modules.models.multiagent import Mixer
 from torchrl.modules.models.multiagent import QMixer as _TorchRLQMixer
 from torchrl.modules.models.multiagent import VDNMixer as _TorchRLVDNMixer
 
+from fastmarl import _compat
 from fastmarl.ops import qmix as qmix_ops
+from fastmarl.ops.dtypes import FLOAT_DTYPES
+from fastmarl.ops.qmix import QMixParams
 
 __all__ = ["QMixer", "VDNMixer"]
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class QMixer(_TorchRLQMixer):
@@ -86,8 +87,8 @@ class QMixer(_TorchRLQMixer):
             self._init_two_layer(state_shape, mixing_embed_dim, n_agents, device, int(hypernet_embed))
         self.hypernet_layers = hypernet_layers
         self.hypernet_embed = int(hypernet_embed) if hypernet_layers == 2 else None
-        # The Linears in the op's parameter order, for mixer_params(): 8 against 20 us a call
-        # on the CPU machine through nn.Module.__getattr__ and Sequential indexing.
+        # The Linears in QMixParams order, for mixer_params(): 8 against 20 us a call on the
+        # CPU machine through nn.Module.__getattr__ and Sequential indexing.
         w1, wf = self.hyper_w_1, self.hyper_w_final
         second = ()
         if hypernet_layers == 2:
@@ -122,20 +123,17 @@ class QMixer(_TorchRLQMixer):
                 f"n_agents={self.n_agents}, hypernet_layers={self.hypernet_layers}"
                 + (f", hypernet_embed={self.hypernet_embed}" if self.hypernet_layers == 2 else ""))
 
-    def mixer_params(self) -> list[Tensor]:
-        """The tensors the op takes, in :data:`fastmarl.reference.QMIX_PARAM_NAMES` order.
+    def mixer_params(self) -> QMixParams:
+        """The tensors the op takes, named (:class:`fastmarl.ops.qmix.QMixParams`).
 
         Read at call time, so parameters swapped in by ``TensorDict.to_module`` (TorchRL's
         losses, target networks) are the ones used. The Linear submodules themselves are looked
         up once, at construction: replacing one afterwards (``mixer.V = ...``) is not supported.
         """
-        params = []
+        tensors = []
         for linear in self._linears:
-            # _parameters first (5 against 8 us a call on the CPU machine); a plain tensor that
-            # TensorDict.to_module swapped in lives in __dict__, which getattr reads.
-            weight, bias = linear._parameters.get("weight"), linear._parameters.get("bias")
-            params += (linear.weight if weight is None else weight, linear.bias if bias is None else bias)
-        return params
+            tensors += _compat.linear_tensors(linear)
+        return QMixParams(*tensors)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """``Q_tot`` ``[*B, 1]`` of ``chosen_action_value`` ``[*B, n_agents, 1]`` and ``state``
@@ -147,11 +145,11 @@ class QMixer(_TorchRLQMixer):
         chosen_action_value, state = inputs
         return self.fused_forward(chosen_action_value, state, self.mixer_params())
 
-    def fused_forward(self, chosen_action_value: Tensor, state: Tensor, params: list[Tensor]) -> Tensor:
+    def fused_forward(self, chosen_action_value: Tensor, state: Tensor, params: QMixParams) -> Tensor:
         """:meth:`forward` with the parameters given (:meth:`mixer_params` order): how
         :class:`fastmarl.objectives.QMixerLoss` calls the mixer with the online or target
         parameters it holds, without swapping them into the module."""
-        q, flat_state = self._flatten(chosen_action_value, state, params[0])
+        q, flat_state = self._flatten(chosen_action_value, state, params.hyper_w1_weight)
         q_tot = qmix_ops.mix(q, flat_state, params)  # [B, 1]
         return q_tot if chosen_action_value.ndim == 3 else q_tot.view(*chosen_action_value.shape[:-2], 1)
 
@@ -171,9 +169,9 @@ class QMixer(_TorchRLQMixer):
         k = len(state_shape)
         if not (
             isinstance(chosen_action_value, Tensor) and isinstance(state, Tensor)
-            and chosen_action_value.dtype in _FLOAT_DTYPES and state.dtype in _FLOAT_DTYPES
+            and chosen_action_value.dtype in FLOAT_DTYPES and state.dtype in FLOAT_DTYPES
             and chosen_action_value.shape[-2:] == (self.n_agents, 1)
-            and state.ndim >= k and state.shape[state.ndim - k:] == state_shape
+            and state.shape == (*chosen_action_value.shape[:-2], *state_shape)
         ):
             self._raise_bad_input(chosen_action_value, state)
         q = chosen_action_value.reshape(-1, self.n_agents)
@@ -187,7 +185,7 @@ class QMixer(_TorchRLQMixer):
         for name, x in (("chosen_action_value", chosen_action_value), ("state", state)):
             if not isinstance(x, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-            if x.dtype not in _FLOAT_DTYPES:
+            if x.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
         n = self.n_agents
         state_shape = tuple(self.state_shape)
@@ -205,11 +203,10 @@ class QMixer(_TorchRLQMixer):
                 f"state has shape {tuple(state.shape)}, expected [*B, *state_shape] = "
                 f"{expected_state} (state_shape={state_shape})"
             )
-        if math.prod(state.shape[:state.ndim - k]) != math.prod(batch_shape):
+        if tuple(state.shape[:state.ndim - k]) != batch_shape:
             raise ValueError(
                 f"state has shape {tuple(state.shape)}, expected [*B, *state_shape] = "
-                f"{expected_state}: its batch dims hold a different number of samples than "
-                f"chosen_action_value's {batch_shape}"
+                f"{expected_state}: its batch dims must be chosen_action_value's {batch_shape}"
             )
         if chosen_action_value.numel() == 0:
             raise ValueError(

@@ -23,9 +23,9 @@ from torchrl.objectives.multiagent.qmixer import QMixerLoss as _TorchRLQMixerLos
 from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
 
-from fastmarl import reference
+from fastmarl import _compat
 from fastmarl.modules.models.multiagent import QMixer
-from fastmarl.ops import qmix as qmix_ops
+from fastmarl.ops.qmix import MODULE_PARAM_NAMES, QMixParams
 
 __all__ = ["QMixerLoss"]
 
@@ -50,16 +50,16 @@ class QMixerLoss(_TorchRLQMixerLoss):
         # In __dict__, not as a submodule: the loss's state_dict stays TorchRL's.
         self.__dict__["_fused_mixer"] = None
         if isinstance(mixer, TensorDictModule) and isinstance(module, QMixer):
-            names = reference.QMIX_PARAM_NAMES[module.hypernet_layers]
+            names = MODULE_PARAM_NAMES[module.hypernet_layers]
             # Positions of the op's tensors among the parameter TensorDict's leaves.
             keys = [".".join(k[1:]) for k in self.mixer_network_params.keys(True, True)]
             if sorted(keys) == sorted(names) and len(mixer.in_keys) == 2:
                 self.__dict__["_fused_mixer"] = module
                 self._mixer_order = [keys.index(name) for name in names]
 
-    def _mixer_params(self, params: TensorDictBase) -> list[torch.Tensor]:
+    def _mixer_params(self, params: TensorDictBase) -> QMixParams:
         leaves = list(params.values(True, True))
-        return [leaves[i] for i in self._mixer_order]
+        return QMixParams(*(leaves[i] for i in self._mixer_order))
 
     def _mix(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         # What self.mixer_network(tensordict) does under params.to_module(...), without the swap.
@@ -113,7 +113,7 @@ class QMixerLoss(_TorchRLQMixerLoss):
         self._mix(td_copy, self.mixer_network_params)
         pred_val_index = td_copy[self.tensor_keys.global_value].squeeze(-1)  # [*B]
 
-        target_params = self._cached_target_params
+        target_params = _compat.target_params(self)
         target_value = self.value_estimator.value_estimate(
             td_copy,
             target_params=target_params,

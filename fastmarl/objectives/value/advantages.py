@@ -24,9 +24,9 @@ from torch import Tensor
 from torchrl.objectives.utils import hold_out_net
 from torchrl.objectives.value.advantages import GAE as _TorchRLGAE
 from torchrl.objectives.value.advantages import MultiAgentGAE as _TorchRLMultiAgentGAE
-from torchrl.objectives.value.advantages import _self_set_grad_enabled, _self_set_skip_existing
 
-from fastmarl.objectives.value.functional import _gae
+from fastmarl import _compat
+from fastmarl.functional import generalized_advantage_estimate
 
 __all__ = ["GAE", "MultiAgentGAE"]
 
@@ -91,7 +91,8 @@ class GAE(_TorchRLGAE):
         # Value gradients may still be wanted (differentiable=True), but never on the network's
         # own parameters: TorchRL holds the network out for the call, so do we.
         with hold_out_net(self.value_network) if held_out else nullcontext():
-            value, next_value, valid = self._call_value_nets(
+            value, next_value, valid = _compat.call_value_nets(
+                self,
                 data=tensordict,
                 params=params,
                 next_params=target_params,
@@ -106,29 +107,29 @@ class GAE(_TorchRLGAE):
 
     def _advantage(self, tensordict, gamma, lmbda, value, next_value, time_dim):
         valid = tensordict.get("shifted_valid", default=None)
-        data = self._prepare_shifted_tensordict(tensordict, valid, time_dim)
+        data = _compat.prepare_shifted_tensordict(self, tensordict, valid, time_dim)
         reward = data.get(("next", self.tensor_keys.reward))
         done = data.get(("next", self.tensor_keys.done))
         terminated = data.get(("next", self.tensor_keys.terminated), default=done)
         # Team-shared signals come back as expanded views (stride 0 along the agents).
-        reward, done, terminated = self._prepare_signals(reward, done, terminated, value)
+        reward, done, terminated = _compat.prepare_signals(self, reward, done, terminated, value)
         if isinstance(gamma, Tensor) and gamma.ndim:
             # Per-step γ (steps_to_next_obs) is shaped like the reward: broadcast it the same way.
-            gamma = self._broadcast_optional(gamma, value)
+            gamma = _compat.broadcast_optional(self, gamma, value)
         if self.auto_reset_env:
-            truncated = self._broadcast_optional(tensordict.get(("next", "truncated")), value)
+            truncated = _compat.broadcast_optional(self, tensordict.get(("next", "truncated")), value)
             # TorchRL adds gamma * value * truncated when any step is truncated; selecting gives
             # the same bits without the data-dependent branch (a sync, and a graph break).
             reward = torch.where(truncated, reward + gamma * value, reward)
             terminated = done
-        advantage, value_target = _gae(
+        advantage, value_target = generalized_advantage_estimate(
             gamma, lmbda, value, next_value, reward, done, terminated, time_dim=time_dim,
-            check_discount_values=False,
+            check_discount_range=False,
         )
         return advantage, value_target, valid
 
-    @_self_set_skip_existing
-    @_self_set_grad_enabled
+    @_compat.self_set_skip_existing
+    @_compat.self_set_grad_enabled
     @dispatch
     def forward(
         self,
@@ -149,17 +150,17 @@ class GAE(_TorchRLGAE):
             )
         gamma, lmbda = self._discounts(tensordict)
         value, next_value = self._values(tensordict, params, target_params)
-        time_dim = self._get_time_dim(time_dim, tensordict)
+        time_dim = _compat.time_dim(self, time_dim, tensordict)
         advantage, value_target, valid = self._advantage(
             tensordict, gamma, lmbda, value, next_value, time_dim
         )
         if self.average_gae:
-            advantage = self._normalize_advantage(
-                advantage, valid, groups=self._group_ids(tensordict)
+            advantage = _compat.normalize_advantage(
+                self, advantage, valid, groups=_compat.group_ids(self, tensordict)
             )
         tensordict.set(self.tensor_keys.advantage, advantage)
         tensordict.set(self.tensor_keys.value_target, value_target)
-        self._mask_shifted_output(tensordict, valid)
+        _compat.mask_shifted_output(self, tensordict, valid)
         return tensordict
 
     def value_estimate(
@@ -177,7 +178,7 @@ class GAE(_TorchRLGAE):
                 f"tensordict.batch_size = {tensordict.batch_size}"
             )
         gamma, lmbda = self._discounts(tensordict)
-        time_dim = self._get_time_dim(time_dim, tensordict)
+        time_dim = _compat.time_dim(self, time_dim, tensordict)
         if self.is_stateless and params is None:
             raise RuntimeError("Expected params to be passed to advantage module but got none.")
         value, next_value = self._values(tensordict, params, target_params)

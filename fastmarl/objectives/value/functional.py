@@ -8,6 +8,6 @@ re-exported unchanged so that ``torchrl`` -> ``fastmarl`` in an import keeps wor
 from torchrl.objectives.value.functional import *  # noqa: F401,F403  (re-exported unchanged)
 from torchrl.objectives.value.functional import __all__ as _torchrl_all
 
-from fastmarl.functional import _gae, generalized_advantage_estimate  # noqa: F401
+from fastmarl.functional import generalized_advantage_estimate  # noqa: F401
 
 __all__ = sorted(set(_torchrl_all) | {"generalized_advantage_estimate"})

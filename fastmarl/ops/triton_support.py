@@ -15,11 +15,8 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether an op sends ``tensor`` to its Triton kernel rather than to the torch path.
-
-    CUDA tensors go to Triton when it is installed. CPU tensors always take the torch path,
-    also under ``TRITON_INTERPRET=1``: the interpreter is for checking kernels (tests call the
-    launchers directly), not for running them.
-    """
+def on_triton_device(tensor: torch.Tensor) -> bool:
+    """Whether a registered op sends ``tensor`` to its Triton kernels: CUDA tensors, when Triton
+    is installed. CPU tensors always take the torch kernels, also under ``TRITON_INTERPRET=1``:
+    the interpreter is for checking kernels (tests call the launchers directly)."""
     return HAS_TRITON and tensor.device.type == "cuda"
