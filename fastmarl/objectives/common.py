@@ -29,11 +29,11 @@ class FunctionalParams:
     def __init__(self, params, module):
         self.params = params
         self.module = module
-        self._param_td = None
+        self._resolved_td = None
         self._pairs = ()
 
     def _resolve(self):
-        self._param_td = _compat.param_tensordict(self.params)
+        self._resolved_td = _compat.param_tensordict(self.params)
         pairs = []
         for key in self.params.keys(True, True):
             key = key if isinstance(key, tuple) else (key,)
@@ -42,7 +42,7 @@ class FunctionalParams:
         self._pairs = tuple(pairs)
 
     def identical(self) -> bool:
-        if _compat.param_tensordict(self.params) is not self._param_td:
+        if _compat.param_tensordict(self.params) is not self._resolved_td:
             self._resolve()
         for params_leaves, module_leaves, name in self._pairs:
             if params_leaves.get(name) is not module_leaves.get(name):

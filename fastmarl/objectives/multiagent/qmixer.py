@@ -78,7 +78,7 @@ class QMixerLoss(_TorchRLQMixerLoss):
             and not getattr(estimator, "shifted", False)
         )
 
-    def _next_value(self, tensordict: TensorDictBase, target_params: TensorDictBase) -> torch.Tensor:
+    def _target_next_value(self, tensordict: TensorDictBase, target_params: TensorDictBase) -> torch.Tensor:
         # ValueEstimatorBase._next_value with the global value network's two halves run in turn.
         step_td = step_mdp(tensordict, keep_other=False)
         with target_params["module", "0"].to_module(self.local_value_network,
@@ -117,7 +117,7 @@ class QMixerLoss(_TorchRLQMixerLoss):
         target_value = self.value_estimator.value_estimate(
             td_copy,
             target_params=target_params,
-            next_value=self._next_value(td_copy, target_params),
+            next_value=self._target_next_value(td_copy, target_params),
         ).squeeze(-1)
 
         with torch.no_grad():
