@@ -1,7 +1,7 @@
 """fastmarl.integrations.benchmarl: BenchMARL 1.5.2 on fastmarl and on TorchRL 0.14.
 
-- parity: the same seed, task and a few hundred frames train ``Fast{Mappo,Ippo,Qmix}Config`` to
-  the parameters BenchMARL's own ``{Mappo,Ippo,Qmix}Config`` reach (VMAS balance, navigation),
+- parity: the same seed, task and a few hundred frames train ``Fast{Mappo,Ippo,Qmix,Vdn}Config``
+  to the parameters BenchMARL's own ``{Mappo,Ippo,Qmix,Vdn}Config`` reach (VMAS balance, navigation),
   with fastmarl's default CPU dispatch and with its fused PPO kernels forced;
 - the hydra entry point runs a tiny experiment and writes BenchMARL's usual outputs;
 - per-agent advantage standardisation against a float64 reference;
@@ -120,11 +120,11 @@ _REFERENCE_RUNS = {}
 
 def _benchmarl_run(algorithm: str, task: str):
     # BenchMARL's own config; cached, as two fastmarl variants compare against each.
-    from benchmarl.algorithms import IppoConfig, MappoConfig, QmixConfig
+    from benchmarl.algorithms import IppoConfig, MappoConfig, QmixConfig, VdnConfig
 
     key = (algorithm, task)
     if key not in _REFERENCE_RUNS:
-        config = {"mappo": MappoConfig, "ippo": IppoConfig, "qmix": QmixConfig}[algorithm]
+        config = {"mappo": MappoConfig, "ippo": IppoConfig, "qmix": QmixConfig, "vdn": VdnConfig}[algorithm]
         start, end, experiment = _train(config.get_from_yaml(), task)
         _REFERENCE_RUNS[key] = (start, end, type(experiment.losses["agents"]))
     return _REFERENCE_RUNS[key]
@@ -134,25 +134,26 @@ def _benchmarl_run(algorithm: str, task: str):
 @pytest.mark.parametrize("task", ["balance", "navigation"])
 @pytest.mark.parametrize(
     "algorithm, fused",
-    [("mappo", False), ("mappo", True), ("ippo", False), ("ippo", True), ("qmix", True)],
-    ids=["mappo-default", "mappo-fused", "ippo-default", "ippo-fused", "qmix"],
+    [("mappo", False), ("mappo", True), ("ippo", False), ("ippo", True), ("qmix", True), ("vdn", True)],
+    ids=["mappo-default", "mappo-fused", "ippo-default", "ippo-fused", "qmix", "vdn"],
 )
 def test_same_parameters_as_benchmarl(algorithm, fused, task, monkeypatch):
     import fastmarl.functional
     from fastmarl.integrations import benchmarl as fb
 
-    if fused and algorithm != "qmix":
+    if fused and algorithm in ("mappo", "ippo"):
         # At 100 samples × 3-4 agents fastmarl's CPU dispatch runs TorchRL's op sequence (faster
         # there); forced, the fused PPO kernels run on every call.
         monkeypatch.setitem(fastmarl.functional.EAGER_FUSED_MIN_ELEMENTS, "ppo_clip", 0)
         monkeypatch.setitem(fastmarl.functional.EAGER_FUSED_MIN_ELEMENTS, "ppo_critic", 0)
     ref_start, ref_end, ref_loss_class = _benchmarl_run(algorithm, task)
-    config = {"mappo": fb.FastMappoConfig, "ippo": fb.FastIppoConfig, "qmix": fb.FastQmixConfig}[algorithm]
+    config = {"mappo": fb.FastMappoConfig, "ippo": fb.FastIppoConfig, "qmix": fb.FastQmixConfig,
+              "vdn": fb.FastVdnConfig}[algorithm]
     start, end, experiment = _train(config.get_from_yaml(), task)
 
     loss = experiment.losses["agents"]
     assert type(loss).__module__.startswith("fastmarl.") and not ref_loss_class.__module__.startswith("fastmarl.")
-    if algorithm == "qmix":
+    if algorithm in ("qmix", "vdn"):
         assert type(loss.mixer_network.module).__module__.startswith("fastmarl.")
     else:
         assert type(loss.value_estimator).__module__.startswith("fastmarl.")

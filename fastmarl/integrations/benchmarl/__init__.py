@@ -3,6 +3,9 @@
 >>> from fastmarl.integrations.benchmarl import FastMappoConfig   # was MappoConfig
 >>> algorithm_config = FastMappoConfig.get_from_yaml()            # BenchMARL's mappo.yaml
 
+Import this module before anything of BenchMARL: on TorchRL 0.14 ``import benchmarl`` fails
+until the collector shim below is applied.
+
 or on the command line, BenchMARL's hydra interface with three more algorithm names::
 
     python -m fastmarl.integrations.benchmarl algorithm=fastmappo task=vmas/balance
