@@ -130,8 +130,6 @@ def _benchmarl_run(algorithm: str, task: str):
     return _REFERENCE_RUNS[key]
 
 
-@needs_benchmarl
-@pytest.mark.parametrize("task", ["balance", "navigation"])
 def _force_fused_ppo(request):
     # fastmarl.ops.force_path for the rest of the test.
     from fastmarl.ops import force_path
@@ -141,6 +139,8 @@ def _force_fused_ppo(request):
     request.addfinalizer(lambda: forced.__exit__(None, None, None))
 
 
+@needs_benchmarl
+@pytest.mark.parametrize("task", ["balance", "navigation"])
 @pytest.mark.parametrize(
     "algorithm, fused",
     [("mappo", False), ("mappo", True), ("ippo", False), ("ippo", True), ("qmix", True), ("vdn", True)],
