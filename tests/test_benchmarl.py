@@ -202,7 +202,7 @@ def test_benchmarl_qmix_runs_on_torchrl_014_with_the_shim():
 
     import fastmarl.integrations.benchmarl  # noqa: F401  (applies the shims)
 
-    assert benchmarl_qmix.QValueModule.__module__ == "fastmarl.integrations.benchmarl._compat"
+    assert benchmarl_qmix.QValueModule.__module__ == "fastmarl.integrations.benchmarl.torchrl_shims"
     experiment = _make(QmixConfig.get_from_yaml(), "balance")
     batch = next(iter(experiment.collector))
     action = batch["agents", "action"]  # one discrete action per env, step and agent

@@ -20,7 +20,7 @@ hydra's ``ConfigStore`` (group ``algorithm``) as ``fastmappo``, ``fastippo``, ``
 ``fast*_config`` as BenchMARL stores its own.
 
 BenchMARL 1.5.2 declares ``torchrl<0.12``; importing this module first applies the two shims it
-needs on TorchRL 0.14 (:mod:`fastmarl.integrations.benchmarl._compat`), so BenchMARL's own
+needs on TorchRL 0.14 (:mod:`fastmarl.integrations.benchmarl.torchrl_shims`), so BenchMARL's own
 configs run here too. Install (keeps your torch, torchrl and tensordict; BenchMARL's pins would
 replace them)::
 
@@ -59,14 +59,14 @@ if not _benchmarl_installed():
         name=__name__,
     )
 
-from fastmarl.integrations.benchmarl import _compat  # noqa: E402
+from fastmarl.integrations.benchmarl import torchrl_shims  # noqa: E402
 
-_compat.alias_sync_data_collector()  # before BenchMARL imports torchrl.collectors
+torchrl_shims.alias_sync_data_collector()  # before BenchMARL imports torchrl.collectors
 
 import benchmarl  # noqa: E402
 import benchmarl.algorithms  # noqa: E402
 
-_compat.lenient_qvalue_module()
+torchrl_shims.lenient_qvalue_module()
 
 if benchmarl.__version__.split(".")[:2] != TESTED_BENCHMARL.split(".")[:2]:
     warnings.warn(
