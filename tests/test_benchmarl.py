@@ -197,10 +197,9 @@ def test_configs_read_benchmarl_yaml_and_are_registered():
 def test_benchmarl_qmix_runs_on_torchrl_014_with_the_shim():
     # BenchMARL's own QmixConfig builds the QValueModule the shim relaxes; without it,
     # TorchRL 0.14.1 raises "Action shape ... does not match expected shape" here.
+    import fastmarl.integrations.benchmarl  # noqa: F401, I001  (applies the shims; first, as documented)
     import benchmarl.algorithms.qmix as benchmarl_qmix
     from benchmarl.algorithms import QmixConfig
-
-    import fastmarl.integrations.benchmarl  # noqa: F401  (applies the shims)
 
     assert benchmarl_qmix.QValueModule.__module__ == "fastmarl.integrations.benchmarl.torchrl_shims"
     experiment = _make(QmixConfig.get_from_yaml(), "balance")
