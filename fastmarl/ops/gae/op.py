@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.library import custom_op, triton_op
+from torch.library import custom_op
 
 from fastmarl.ops.dtypes import result_dtype
 from fastmarl.ops.gae import cpu
 from fastmarl.ops.paths import Path, forced_path
-from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device
+from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device, register_op
 
 if HAS_TRITON:
     from fastmarl.ops.gae import triton as launchers
@@ -113,7 +113,7 @@ def _(grad_advantage, grad_value_target, done, terminated, gamma, lmbda, gamma_t
                  for dtype in (value_dtype, next_value_dtype, reward_dtype))
 
 
-@triton_op("fastmarl::gae", mutates_args=())
+@register_op("fastmarl::gae")
 def gae_op(
     value: Tensor, next_value: Tensor, reward: Tensor, done: Tensor, terminated: Tensor,
     gamma: float, lmbda: float, gamma_tensor: Tensor | None, lmbda_tensor: Tensor | None,
@@ -131,7 +131,7 @@ def gae_op(
     return advantage, value_target
 
 
-@triton_op("fastmarl::gae_backward", mutates_args=())
+@register_op("fastmarl::gae_backward")
 def gae_backward_op(
     grad_advantage: Tensor, grad_value_target: Tensor, done: Tensor, terminated: Tensor,
     gamma: float, lmbda: float, gamma_tensor: Tensor | None, lmbda_tensor: Tensor | None,

@@ -31,13 +31,12 @@ import math
 
 import torch
 from torch import Tensor
-from torch.library import triton_op
 
 from fastmarl.ops.dtypes import accumulate_dtype, cast, result_dtype, single_precision
 from fastmarl.ops.paths import Path, forced_path
 from fastmarl.ops.ppo import cpu
 from fastmarl.ops.ppo.spec import CRITIC_LOSS_TYPES, REDUCTIONS
-from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device
+from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device, register_op
 
 if HAS_TRITON:
     from fastmarl.ops.ppo import triton as launchers
@@ -128,7 +127,7 @@ def _clip_meta(log_prob, prev_log_prob, advantage, num_groups, reduction):
     return loss, new(), new(), new(M), new(), new(), new(num_groups, dt=stats), new(num_groups, dt=stats)
 
 
-@triton_op("fastmarl::ppo_clip", mutates_args=())
+@register_op("fastmarl::ppo_clip")
 def ppo_clip_op(
     log_prob: Tensor, prev_log_prob: Tensor, advantage: Tensor, clip_low: Tensor,
     clip_high: Tensor, num_groups: int, normalize: bool, reduction: str,
@@ -148,7 +147,7 @@ def ppo_clip_op(
     return out
 
 
-@triton_op("fastmarl::ppo_clip_backward", mutates_args=())
+@register_op("fastmarl::ppo_clip_backward")
 def ppo_clip_backward_op(
     grad_loss: Tensor, log_prob: Tensor, prev_log_prob: Tensor, advantage: Tensor,
     clip_low: Tensor, clip_high: Tensor, adv_mean: Tensor, adv_std: Tensor, num_groups: int,
@@ -285,7 +284,7 @@ def _critic_meta(value, target, reduction):
     return loss, value.new_empty((), dtype=dtype), value.new_empty((M,), dtype=dtype)
 
 
-@triton_op("fastmarl::ppo_critic", mutates_args=())
+@register_op("fastmarl::ppo_critic")
 def ppo_critic_op(
     value: Tensor, target: Tensor, old_value: Tensor | None, clip_value: Tensor | None,
     coeff: Tensor | None, loss_type: str, reduction: str, explained_variance: bool,
@@ -303,7 +302,7 @@ def ppo_critic_op(
     return out
 
 
-@triton_op("fastmarl::ppo_critic_backward", mutates_args=())
+@register_op("fastmarl::ppo_critic_backward")
 def ppo_critic_backward_op(
     grad_loss: Tensor, value: Tensor, target: Tensor, old_value: Tensor | None,
     clip_value: Tensor | None, coeff: Tensor | None, loss_type: str, reduction: str,

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.library import custom_op, triton_op
+from torch.library import custom_op
 
 from fastmarl.ops.dtypes import accumulate_dtype, cast, result_dtype, single_precision
 from fastmarl.ops.paths import Path, forced_path
 from fastmarl.ops.qmix import cpu
 from fastmarl.ops.qmix.params import MODULE_PARAM_NAMES, QMixParams
 from fastmarl.ops.qmix.weight_grads import weight_and_state_grads
-from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device
+from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device, register_op
 
 if HAS_TRITON:
     from fastmarl.ops.qmix import triton as launchers
@@ -201,7 +201,7 @@ def _(grad_q_tot, q, state, params, hidden_pre, z1, z2, need_state_grad):
                                             hidden_pre, z1, z2, need_state_grad))
 
 
-@triton_op("fastmarl::qmix", mutates_args=())
+@register_op("fastmarl::qmix")
 def qmix_op(
     q: Tensor, state: Tensor, params: list[Tensor], need_residual: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -218,7 +218,7 @@ def qmix_op(
     return q_tot, hidden_pre, empty, empty.clone()
 
 
-@triton_op("fastmarl::qmix_backward", mutates_args=())
+@register_op("fastmarl::qmix_backward")
 def qmix_backward_op(
     grad_q_tot: Tensor, q: Tensor, state: Tensor, params: list[Tensor], hidden_pre: Tensor,
     z1: Tensor, z2: Tensor, need_state_grad: bool,
