@@ -19,13 +19,6 @@ from fastmarl.ops.qmix.naive import qmix as qmix_reference
 from fastmarl.ops.qmix.op import SMALL_BATCH, SMALL_FORWARD_WORK
 
 
-@pytest.fixture(params=["fused", "composite"])
-def cpu_path(request):
-    """The two torch implementations off CUDA, forced at every size."""
-    with force_path(request.param, "qmix"):
-        yield request.param
-
-
 def _requires_grad(params: QMixParams) -> QMixParams:
     return params.map(lambda x: x.detach().clone().requires_grad_())
 
@@ -56,14 +49,22 @@ def test_param_order_is_the_modules():
 
 # --------------------------------------------------------------------------- float64 oracle
 
-GRID = [pytest.param(n, e, b, id=f"n{n}-E{e}-B{b}") for n in (1, 3, 8, 32) for e in (8, 32, 64) for b in (33,)]
-GRID += [pytest.param(n, e, b, id=f"n{n}-E{e}-B{b}")
-         for n, e, b in [(3, 32, 1), (8, 32, 1), (1, 8, 4096), (8, 32, 4096), (32, 64, 4096)]]
+SIZES = [(n, e, 33) for n in (1, 3, 8, 32) for e in (8, 32, 64)]
+SIZES += [(3, 32, 1), (8, 32, 1), (1, 8, 4096), (8, 32, 4096), (32, 64, 4096)]
+# The fused kernels at every size; the composite path (TorchRL's op sequence, checked bit for bit
+# against TorchRL elsewhere) at the small ones, which cover its two-layer variant.
+GRID = [pytest.param(n, e, b, path, id=f"{path}-n{n}-E{e}-B{b}")
+        for path in ("fused", "composite") for n, e, b in SIZES if path == "fused" or b <= 33]
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("n,embed,batch", GRID)
-def test_mixer_and_gradients_match_float64_reference(n, embed, batch, layers, cpu_path):
+@pytest.mark.parametrize("n,embed,batch,path", GRID)
+def test_mixer_and_gradients_match_float64_reference(n, embed, batch, path, layers):
+    with force_path(path, "qmix"):
+        _check_mixer_against_float64_reference(n, embed, batch, layers)
+
+
+def _check_mixer_against_float64_reference(n, embed, batch, layers):
     torch.manual_seed(0)
     mixer = QMixer((S,), embed, n, hypernet_layers=layers, hypernet_embed=24).double()
     q, state = make_inputs(batch, n, S, dtype=torch.float64)
@@ -265,10 +266,29 @@ def test_gradcheck_float64(layers, path):
 def test_double_backward_is_exact_on_every_path(path):
     # The hand-written backward kernels have no derivative of their own: with create_graph the
     # fused path and the op recompute the forward with the composite path and differentiate it.
+    # A Hessian-vector product against the float64 oracle's, and gradgradcheck at a tiny size.
     q, state, params = _op_args(2)
-    inputs = tuple(x.requires_grad_() for x in (q, state, *params))
+    inputs = [x.requires_grad_() for x in (q, state, *params)]
+    ref_inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    cot = torch.randn(11, 1, dtype=torch.float64)
+    vectors = [torch.randn_like(x) for x in inputs]
+    hvps = []
+    for args, mix in ((inputs, qmix_mixer), (ref_inputs, _oracle)):
+        with force_path(path, "qmix"):
+            out = mix(args[0], args[1], args[2:])
+        grads = torch.autograd.grad(out, args, cot, create_graph=True)
+        hvps.append(torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vectors)), args,
+                                        allow_unused=True, materialize_grads=True))
+    for name, a, e in zip(("q", "state", *MODULE_PARAM_NAMES[2]), *hvps):
+        scaled_close(a, e, 1e-10, f"hvp_{name}")
+    tiny = make_params(2, 4, 3, dtype=torch.float64)
+    q, state = (x.requires_grad_() for x in make_inputs(3, 2, 3, dtype=torch.float64))
     with force_path(path, "qmix"):
-        assert torch.autograd.gradgradcheck(lambda q, s, *p: qmix_mixer(q, s, p), inputs)
+        assert torch.autograd.gradgradcheck(lambda q, s: qmix_mixer(q, s, tiny), (q, state))
+
+
+def _oracle(q, state, params):
+    return qmix_reference(q.unsqueeze(-1), state, QMixParams.from_flat(list(params)))
 
 
 # --------------------------------------------------------------------------- torch.compile

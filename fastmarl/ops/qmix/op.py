@@ -148,12 +148,17 @@ def _differentiable_grads(grad_q_tot, q, state, flat_params, needs_input_grad):
 
 def _check(q: Tensor, state: Tensor, params: QMixParams) -> None:
     # fastmarl.modules.QMixer validates user input with full messages; this guards direct calls.
-    B, n = q.shape if q.ndim == 2 else (None, None)
     S, E, H = params.state_dim, params.embed, params.hidden
-    w1_rows, wf_rows = (H, H) if params.two_layer else (n * E if n else None, E)
+    if q.ndim != 2 or state.ndim != 2 or state.shape[0] != q.shape[0] or state.shape[1] != S:
+        raise ValueError(
+            f"fastmarl::qmix: q has shape {tuple(q.shape)} and state {tuple(state.shape)}, expected "
+            f"[B, n] and [B, S={S}]; use fastmarl.modules.QMixer to reshape [*B, n, 1] inputs"
+        )
+    n = q.shape[1]
+    w1_rows, wf_rows = (H, H) if params.two_layer else (n * E, E)
     expected = [(w1_rows, S), (w1_rows,), (wf_rows, S), (wf_rows,), (E, S), (E,), (E, S), (E,), (1, E), (1,)]
     if params.two_layer:
-        expected += [(n * E if n else None, H), (n * E if n else None,), (E, H), (E,)]
+        expected += [(n * E, H), (n * E,), (E, H), (E,)]
     names = MODULE_PARAM_NAMES[2 if params.two_layer else 1]
     for name, x, shape in zip(names, params.flat(), expected):
         if tuple(x.shape) != shape:
@@ -161,11 +166,6 @@ def _check(q: Tensor, state: Tensor, params: QMixParams) -> None:
                 f"fastmarl::qmix: {name} has shape {tuple(x.shape)}, expected {shape} for n={n} "
                 f"agents, state dim {S}, embed {E}"
             )
-    if q.ndim != 2 or tuple(state.shape) != (B, S):
-        raise ValueError(
-            f"fastmarl::qmix: q has shape {tuple(q.shape)} and state {tuple(state.shape)}, expected "
-            f"[B, n] and [B, S={S}]; use fastmarl.modules.QMixer to reshape [*B, n, 1] inputs"
-        )
 
 
 def _as_outputs(like: Tensor, tensors) -> list[Tensor]:
@@ -262,7 +262,7 @@ def _backward(ctx, grad_q_tot, _grad_hidden_pre, _grad_z1, _grad_z2):
     if torch.is_grad_enabled():
         needs = ctx.needs_input_grad
         dq, d_state, *d_params = _differentiable_grads(
-            grad_q_tot, q, state, params, (needs[0], needs[1], *([needs[2]] * len(params))))
+            grad_q_tot, q, state, params, (needs[0], needs[1], *needs[2]))
         return dq, d_state, d_params, None
     # Only q_tot is differentiable: the residuals are for this backward.
     dq, d_state, *d_params = torch.ops.fastmarl.qmix_backward(
