@@ -8,18 +8,27 @@ Here the providers alternate round by round on the same inputs, so drift hits bo
     python bench/interleaved.py qmix-fwd-bwd:B32-n32 qmix-loss:B65536-n3 ppo-loss:tutorial \
         --rounds 40 --json bench/results/interleaved-cpu-<date>.json
 
-Cases: ``qmix-fwd``, ``qmix-fwd-bwd``, ``qmix-loss`` at bench_qmix.py's sizes, ``ppo-math`` and
-``ppo-loss`` at bench_ppo.py's. Prints min and median per provider and the median of the per-round ratios
-(TorchRL time / fastmarl time of the same round).
+Cases: ``gae`` (TorchRL's loop functional against fastmarl's, at ``BxTxA`` such as
+``1024x500x8``), ``qmix-fwd``, ``qmix-fwd-bwd``, ``qmix-loss`` at bench_qmix.py's sizes, ``ppo-math``
+and ``ppo-loss`` at bench_ppo.py's. Prints min and median per provider and the median of the
+per-round ratios (TorchRL time / fastmarl time of the same round) with their range.
+
+``--busy N`` runs the cells beside a busy neighbour: another process multiplying matrices on N
+threads for the whole measurement, as a second training job on the same cores would (a fast
+path that collapses under contention is a bug)::
+
+    python bench/interleaved.py gae:1024x500x8 --busy 2 --rounds 10
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +40,37 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_ppo  # noqa: E402
 import bench_qmix  # noqa: E402
+
+
+def gae_steps(size: str):
+    from torchrl.objectives.value.functional import generalized_advantage_estimate as torchrl_gae
+
+    from fastmarl.functional import generalized_advantage_estimate as fastmarl_gae
+
+    B, T, A = (int(x) for x in size.split("x"))
+    value, next_value, reward = (torch.randn(B, T, A, 1) for _ in range(3))
+    done = torch.rand(B, T, A, 1) < 0.02
+    # TorchRL's generalized_advantage_estimate is its loop (the vectorised one is another function).
+    args = (0.99, 0.95, value, next_value, reward, done, done)
+    return {"torchrl": lambda: torchrl_gae(*args, time_dim=-3),
+            "fastmarl": lambda: fastmarl_gae(*args, time_dim=-3)}
+
+
+@contextlib.contextmanager
+def busy_neighbour(threads: int):
+    """A second process multiplying 512x512 matrices on ``threads`` threads until the block ends."""
+    if threads <= 0:
+        yield
+        return
+    code = (f"import torch; torch.set_num_threads({threads}); a = torch.randn(512, 512)\n"
+            "while True: a = torch.tanh(a @ a)")
+    neighbour = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(2.0)  # let it start and spin
+        yield
+    finally:
+        neighbour.kill()
+        neighbour.wait()
 
 
 def qmix_mixer_steps(size: str, backward: bool):
@@ -96,6 +136,7 @@ def ppo_math_steps(size: str):
 
 
 CASES = {
+    "gae": gae_steps,
     "ppo-math": ppo_math_steps,
     "qmix-fwd": lambda size: qmix_mixer_steps(size, backward=False),
     "qmix-fwd-bwd": lambda size: qmix_mixer_steps(size, backward=True),
@@ -120,6 +161,7 @@ def measure(steps: dict, rounds: int, warmup: int) -> dict:
         "min": {k: min(v) for k, v in times.items()},
         "median": {k: statistics.median(v) for k, v in times.items()},
         "median_round_ratio": statistics.median(ratios),
+        "round_ratio_range": [min(ratios), max(ratios)],
         "rounds": rounds,
     }
 
@@ -141,21 +183,25 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the results here (atomically)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="measure beside a process multiplying matrices on N threads")
     args = parser.parse_args(argv)
     results = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), busy_neighbour(args.busy):
         warnings.simplefilter("ignore")  # TorchRL's no-target-updater warning, every call
         for cell in args.cells:
             case, _, size = cell.partition(":")
             if case not in CASES:
                 parser.error(f"unknown case {case!r}; known: {sorted(CASES)}")
             torch.manual_seed(0)
-            row = {"case": case, "size": size, **measure(CASES[case](size), args.rounds, args.warmup)}
+            row = {"case": case, "size": size, "busy_neighbour_threads": args.busy,
+                   **measure(CASES[case](size), args.rounds, args.warmup)}
             results.append(row)
             print(f"{case:<14}{size:<10} torchrl {row['median']['torchrl'] * 1e3:9.3f} ms  "
                   f"fastmarl {row['median']['fastmarl'] * 1e3:9.3f} ms  (medians; min "
                   f"{row['min']['torchrl'] * 1e3:.3f} / {row['min']['fastmarl'] * 1e3:.3f})  "
-                  f"per-round speed-up {row['median_round_ratio']:.2f}x", flush=True)
+                  f"per-round speed-up {row['median_round_ratio']:.2f}x "
+                  f"({row['round_ratio_range'][0]:.2f}-{row['round_ratio_range'][1]:.2f})", flush=True)
     if args.json:
         payload = {"machine": _cpu_name(), "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "results": results}

@@ -14,6 +14,9 @@ All take ``[R, T, F]`` views (strides free, stride 0 welcome): ``R`` rows of ``T
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -25,6 +28,34 @@ __all__ = ["gae_forward", "gae_backward", "gae_composite", "CPU_CHUNK_ELEMENTS"]
 # cache. Measured on this project's 2-core CPU machine at B=4096, T=512, A=8: 148 ms with
 # 2**18, 193 ms with 2**16, 298 ms unchunked; the small sizes were flat.
 CPU_CHUNK_ELEMENTS = 1 << 18
+
+
+@contextmanager
+def _one_thread():
+    # The scan is T dependent steps on [R, F] slices, each too small for intra-op threads; only
+    # the chunk-wide elementwise ops are parallel, ~100 OpenMP regions a call at 1024x500x8. Each
+    # region waits for every thread: with a busy neighbour on the cores a region costs a time
+    # slice, and the call took 1774 ms against TorchRL's 257 (interleaved, 2 threads, load ~6 on
+    # the 2-core machine). On one thread it took 28.6 ms against TorchRL's 122 there. Setting
+    # and restoring the count costs 0.2 us.
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _single_threaded(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _one_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _effective(scalar: float, tensor: Tensor | None):
@@ -50,6 +81,7 @@ def _window(x, window: slice):
     return x[:, window] if isinstance(x, Tensor) and x.ndim else x
 
 
+@_single_threaded
 def gae_forward(
     value: Tensor, next_value: Tensor, reward: Tensor, done: Tensor, terminated: Tensor,
     gamma: float, lmbda: float, gamma_tensor: Tensor | None, lmbda_tensor: Tensor | None,
@@ -89,6 +121,7 @@ def gae_forward(
     return advantage.to(out_dtype), value_target.to(out_dtype)
 
 
+@_single_threaded
 def gae_backward(
     grad_advantage: Tensor | None, grad_value_target: Tensor | None, done: Tensor,
     terminated: Tensor, gamma: float, lmbda: float, gamma_tensor: Tensor | None,
