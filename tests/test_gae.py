@@ -424,3 +424,31 @@ def test_cuda_team_reward_gamma_tensor_and_compile():
 def test_cuda_opcheck():
     args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args(dtype=torch.float32)]
     torch.library.opcheck(torch.ops.fastmarl.gae.default, tuple(args))
+
+
+def test_cpu_kernel_runs_on_one_thread_and_restores_the_count():
+    # One intra-op thread inside the scan (it collapses under a busy neighbour otherwise, see
+    # fastmarl/ops/gae/cpu.py); the caller's thread count is restored, also after an error.
+    seen = []
+    original = torch.Tensor.add_
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_gae_inputs((3, 7, 2, 1), pattern="truncated")
+        torch.Tensor.add_ = spy
+        try:
+            gae(0.9, 0.9, *inputs)
+        finally:
+            torch.Tensor.add_ = original
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):  # a γ tensor that does not broadcast, inside the kernel
+            gae_cpu.gae_forward(*(x.reshape(3, 7, 2) for x in inputs[:5]), 0.9, 0.9, torch.ones(1, 2, 3), None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
