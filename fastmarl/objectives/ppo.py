@@ -146,7 +146,7 @@ class FusedPPOMixin:
         out["max_ratio"] = surrogate["max_ratio"]
         out["mean_ratio"] = surrogate["mean_ratio"]
         td_out = TensorDict(out, batch_size=[])
-        self._clear_weakrefs(tensordict, td_out, *_PARAM_NAMES)
+        self._clear_weakrefs(tensordict, td_out)
         return td_out
 
     def _fused_loss_critic(self, data: TensorDictBase) -> dict:

@@ -20,9 +20,10 @@ from torchrl.modules.models.multiagent import Mixer
 from torchrl.modules.models.multiagent import QMixer as _TorchRLQMixer
 from torchrl.modules.models.multiagent import VDNMixer as _TorchRLVDNMixer
 
+from fastmarl.modules.models.multiagent_mlp import MultiAgentMLP
 from fastmarl.ops import qmix as qmix_ops
 
-__all__ = ["QMixer", "VDNMixer"]
+__all__ = ["MultiAgentMLP", "QMixer", "VDNMixer"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
