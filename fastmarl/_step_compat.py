@@ -100,3 +100,20 @@ def bind_params(params: TensorDictParams, td) -> None:
     submodule (``module._param_td = ...``), without the ``copy()`` of the old one that it
     returns for restoring (a new module, which breaks a ``torch.compile`` graph)."""
     params._param_td = td
+
+
+def tensorclass_memo() -> dict | None:
+    """tensordict's ``utils._TENSORCLASS_MEMO`` (class -> is it a tensorclass), or ``None``.
+
+    tensordict 0.14's ``_is_tensorclass`` reads this dict even while dynamo traces (its other
+    memos, ``_TENSOR_COLLECTION_MEMO``, ``_NON_TENSOR_MEMO``..., skip the lookup then), so a
+    compiled graph guards on the dict's length, and any eager code that meets a new class
+    between two calls (a reference loop, a collector, a value estimator) recompiles the step:
+    measured on the QMIX step, a recompilation at the second call. ``UpdateStep`` keeps the
+    memo at the contents the graph was compiled against (entries are a pure cache: a dropped
+    one is recomputed by the next eager lookup).
+    """
+    from tensordict import utils
+
+    memo = getattr(utils, "_TENSORCLASS_MEMO", None)
+    return memo if isinstance(memo, dict) else None

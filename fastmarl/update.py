@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from fastmarl._step_compat import optimizer_has_hooks, raw_optimizer_step
+from fastmarl._step_compat import optimizer_has_hooks, raw_optimizer_step, tensorclass_memo
 
 __all__ = ["UpdateStep", "make_optimizer"]
 
@@ -191,7 +191,16 @@ class UpdateStep:
                     p.grad = torch.zeros_like(p)
         self._grads = [p.grad for p in params]
         self._raw_step = None if optimizer_has_hooks(optimizer) else raw_optimizer_step(optimizer)
+        self._cudagraph_impl = CUDAGRAPH_IMPL
         self._runner = self._build(compile)
+        self._memo = tensorclass_memo() if self._traced() else None
+        self._memo_snapshot = None
+        self.calls = 0
+        """Calls made so far."""
+        self.warmup_calls = 3 if self.cudagraph else int(self.compile)
+        """Calls that compile or capture before the steady state: the first compiles; under
+        ``cudagraph`` two warm-up calls (compiling) and the capture. A trainer times these as
+        its compile phase."""
 
     @staticmethod
     def _make_capturable(optimizer) -> None:
@@ -215,24 +224,31 @@ class UpdateStep:
         with torch.no_grad():
             self._raw_step(self.optimizer)
 
-    def _step(self, minibatch: TensorDictBase) -> TensorDict:
+    def _loss_and_gradients(self, minibatch: TensorDictBase):
+        """The loss entries (detached) and the objective's gradients. Everything that holds
+        the autograd graph is local here, so that none of it outlives the graph's consumption
+        by ``autograd.grad`` (dynamo would break the graph before it to keep it alive)."""
         out = self.loss_module(minibatch)
         keys = self.loss_keys if self.loss_keys is not None else _default_loss_keys(out)
         if not keys:
             raise KeyError(f"the loss returned no entry named loss*: {list(out.keys())}; pass loss_keys=")
-        total = out.get(keys[0])
-        for key in keys[1:]:
-            total = total + out.get(key)
-        grads = torch.autograd.grad(total, self._params, allow_unused=True)
+        terms = [out.get(key, None) for key in keys]
+        if any(term is None for term in terms):
+            raise KeyError(f"loss_keys {keys} are not all entries of the loss output {list(out.keys())}")
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        metrics = {key: value.detach() for key, value in out.items()}
+        return metrics, torch.autograd.grad(total, self._params, allow_unused=True)
+
+    def _step(self, minibatch: TensorDictBase) -> TensorDict:
+        metrics, grads = self._loss_and_gradients(minibatch)
         reached = [(buffer, g) for buffer, g in zip(self._grads, grads) if g is not None]
         missed = [buffer for buffer, g in zip(self._grads, grads) if g is None]
         if reached:
             torch._foreach_copy_([b for b, _ in reached], [g for _, g in reached])
         if missed:
             torch._foreach_zero_(missed)
-        metrics = {key: value.detach() for key, value in out.items()}
-        # The autograd graph is consumed: nothing that references it may leave the step.
-        del out, total, grads, reached
         if self.max_grad_norm is not None:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm, foreach=True)
         self._optimizer_step()
@@ -243,7 +259,7 @@ class UpdateStep:
     def _build(self, compile):
         fn = self._step
         options = dict(compile) if isinstance(compile, dict) else {}
-        if self.cudagraph and CUDAGRAPH_IMPL == "reduce-overhead":
+        if self.cudagraph and self._cudagraph_impl == "reduce-overhead":
             options.setdefault("mode", "reduce-overhead")
             compile = True
         if compile:
@@ -254,7 +270,7 @@ class UpdateStep:
                 inductor.setdefault("fallback_random", True)
                 options["options"] = inductor
             fn = torch.compile(fn, **options)
-        if self.cudagraph and CUDAGRAPH_IMPL == "CudaGraphModule":
+        if self.cudagraph and self._cudagraph_impl == "CudaGraphModule":
             from tensordict.nn import CudaGraphModule
 
             fn = CudaGraphModule(fn, warmup=2, in_keys=[], out_keys=[])
@@ -274,10 +290,27 @@ class UpdateStep:
         if not isinstance(minibatch, TensorDictBase):
             raise TypeError(f"minibatch must be a TensorDict, got {type(minibatch).__name__}")
         self._reattach_grads()
+        self._keep_memo()
+        self.calls += 1
         with self._tracing_context():
             return self._runner(minibatch)
 
+    def _keep_memo(self) -> None:
+        # See fastmarl._step_compat.tensorclass_memo: the compiled graph guards on its length.
+        memo = self._memo
+        if memo is None:
+            return
+        if self._memo_snapshot is None:
+            self._memo_snapshot = dict(memo)
+        elif len(memo) != len(self._memo_snapshot):
+            memo.clear()
+            memo.update(self._memo_snapshot)
+
+    def _traced(self) -> bool:
+        """Whether dynamo traces the step."""
+        return self.compile or (self.cudagraph and self._cudagraph_impl == "reduce-overhead")
+
     def _tracing_context(self):
-        if not self.compile and not (self.cudagraph and CUDAGRAPH_IMPL == "reduce-overhead"):
+        if not self._traced():
             return contextlib.nullcontext()
         return torch._dynamo.config.patch(trace_autograd_ops=True)
