@@ -18,7 +18,7 @@ Providers:
   ``clip_grad_norm_``, ``optim.step()``, ``optim.zero_grad()``), ``Adam(lr)``;
 - ``torchrl_compiled``: the same loop as one function under ``torch.compile`` (LeanRL's recipe);
 - ``fastmarl``: fastmarl's classes (MultiAgentMLP, losses, mixer) in ``UpdateStep``, eager,
-  with :func:`fastmarl.make_optimizer`;
+  with :func:`fastmarl.make_optimizer`'s Adam (fused when eager, ``foreach`` when compiled);
 - ``fastmarl_compiled``: ``UpdateStep(compile=True)``;
 - CUDA only: ``fastmarl_cudagraph`` (``UpdateStep(compile=True, cudagraph=True)`` through
   ``CudaGraphModule``) and ``fastmarl_reduce_overhead`` (the same through
@@ -159,7 +159,7 @@ def make_step(provider: str, loss, lr: float, loss_keys, max_grad_norm, after_st
         return torch.compile(step) if provider == "torchrl_compiled" else step
     params = list(loss.parameters())
     cudagraph = provider in CUDA_ONLY
-    optim = make_optimizer(params, lr, cudagraph=cudagraph)
+    optim = make_optimizer(params, lr, compile=provider != "fastmarl", cudagraph=cudagraph)
     previous = fastmarl.update.CUDAGRAPH_IMPL
     if provider == "fastmarl_reduce_overhead":
         fastmarl.update.CUDAGRAPH_IMPL = "reduce-overhead"

@@ -131,7 +131,40 @@ def update_steps(case: str, size: str):
     return steps, compile_seconds
 
 
+def adam_steps(size: str):
+    """``Adam.step()`` alone over the tutorial networks' parameters (random gradients): torch's
+    CPU default (a loop over tensors), ``foreach`` and ``fused``."""
+    N, A = bench_update.STEP_SIZES[size]
+    loss = bench_update.ppo_loss("fastmarl", A, "cpu")
+    params = [p for p in loss.parameters() if p.requires_grad]
+    steps = {}
+    for name, flags in (("forloop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p in copies:
+            p.grad = torch.randn_like(p)
+        steps[name] = torch.optim.Adam(copies, bench_update.LR, **flags).step
+    return steps
+
+
+def update_adam_steps(size: str):
+    """``UpdateStep(compile=True)`` of the PPO step with a ``foreach`` and a fused Adam."""
+    N, A = bench_update.STEP_SIZES[size]
+    steps, compile_seconds = {}, {}
+    for name, flags in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        loss = bench_update.ppo_loss("fastmarl", A, "cpu")
+        step = bench_update.UpdateStep(loss, torch.optim.Adam(loss.parameters(), bench_update.LR, **flags),
+                                       max_grad_norm=bench_update.MAX_GRAD_NORM, compile=True)
+        generator = torch.Generator().manual_seed(1)
+        batches = [bench_update.ppo_minibatch(N, A, "cpu", generator) for _ in range(4)]
+        compile_seconds[name] = bench_update._timed_warmup(step, batches, 2, "cpu")
+        counter = iter(range(1 << 62))
+        steps[name] = lambda step=step, batches=batches, counter=counter: step(batches[next(counter) % 4])
+    return steps, compile_seconds
+
+
 CASES = {
+    "adam": adam_steps,
+    "update-adam": update_adam_steps,
     "update-ppo": lambda size: update_steps("ppo", size),
     "update-qmix": lambda size: update_steps("qmix", size),
     "ppo-math": ppo_math_steps,

@@ -27,24 +27,34 @@ __all__ = ["UpdateStep", "make_optimizer"]
 CUDAGRAPH_IMPL = "CudaGraphModule"
 
 
-def make_optimizer(params, lr: float, *, device=None, cudagraph: bool = False, **kwargs) -> torch.optim.Adam:
-    """``torch.optim.Adam`` with the flags an :class:`UpdateStep` wants on ``device``.
+def make_optimizer(params, lr: float, *, device=None, compile: bool = False, cudagraph: bool = False,
+                   **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with the flags an :class:`UpdateStep` built with the same ``compile``
+    and ``cudagraph`` wants on ``device``; ``kwargs`` (``betas``, ``eps``, flags) override them.
 
-    - CUDA: ``capturable=True`` when the step is captured (``cudagraph``: the step counters
-      stay on the device, no host sync in ``step()``), else ``fused=True`` (one kernel).
-    - CPU: ``foreach=True``. Measured on the CPU machine (bench/bench_optim.py, tutorial
-      networks, 2 x 2x256 MLPs, 0.27 M parameters): see ``bench/bench_optim.py``'s docstring
-      for the eager and compiled times of ``foreach`` against ``fused``.
+    - Captured (``cudagraph=True``, CUDA): ``capturable=True``, ``foreach=True``: the step
+      counters stay on the device and ``step()`` never reads them back to the host.
+    - Compiled (``compile=True``): ``foreach=True``. A fused Adam is a graph break (torch wraps
+      ``_fused_adam`` in ``torch.compiler.disable``) and was no faster: inside
+      ``UpdateStep(compile=True)`` on the CPU machine, fused against ``foreach`` per-round
+      ratio 0.99 at the tutorial's 400x3 (Inductor fuses the ``foreach`` update itself).
+    - Eager: ``fused=True``. Measured on the CPU machine (1 thread, other sessions running),
+      the tutorial's actor and critic (151,813 parameters in 12 tensors), providers
+      interleaved: ``Adam.step()`` took 113 us fused, 286 us ``foreach``, 332 us with torch's
+      default for CPU tensors (a loop over tensors).
+
+    Figures: ``python bench/interleaved.py adam:tutorial update-adam:tutorial --threads 1``.
     """
     params = list(params)
     if device is None:
-        device = params[0].device if params else torch.device("cpu")
+        device = params[0].device if params and isinstance(params[0], torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
-    flags: dict = {}
-    if device.type == "cuda":
-        flags = {"capturable": True} if cudagraph else {"fused": True}
-    else:
+    if cudagraph and device.type == "cuda":
+        flags: dict = {"capturable": True, "foreach": True}
+    elif compile or cudagraph:
         flags = {"foreach": True}
+    else:
+        flags = {"fused": True}
     flags.update(kwargs)
     return torch.optim.Adam(params, lr, **flags)
 
@@ -80,7 +90,8 @@ class UpdateStep:
             fastmarl's and TorchRL's losses both work; fastmarl's (and a network built from
             :class:`fastmarl.modules.MultiAgentMLP`) compile to one graph with no break.
         optimizer: a ``torch.optim`` optimizer over the parameters to train
-            (:func:`make_optimizer` builds Adam with the flags each device wants).
+            (:func:`make_optimizer` builds Adam with the flags each mode wants; a fused
+            optimizer is a graph break under ``compile=True``).
 
     Keyword Args:
         loss_keys: the entries to sum into the objective (default: names starting ``loss``).
@@ -129,7 +140,8 @@ class UpdateStep:
     gradient rather than ``None`` (Adam then still decays its moments).
 
     Examples:
-        >>> step = UpdateStep(loss, make_optimizer(loss.parameters(), 3e-4), max_grad_norm=1.0, compile=True)
+        >>> optim = make_optimizer(loss.parameters(), 3e-4, compile=True)
+        >>> step = UpdateStep(loss, optim, max_grad_norm=1.0, compile=True)
         >>> for _ in range(epochs):
         ...     for _ in range(n_minibatches):
         ...         metrics = step(buffer.sample())

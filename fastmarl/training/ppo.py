@@ -56,7 +56,7 @@ def make_optim(config: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr)
     from fastmarl.update import make_optimizer
 
-    return make_optimizer(params, lr, device=config.device, cudagraph=config.cudagraph)
+    return make_optimizer(params, lr, device=config.device, compile=config.compile, cudagraph=config.cudagraph)
 
 
 def timed_update(timer, update, subdata):
