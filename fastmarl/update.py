@@ -135,9 +135,15 @@ class UpdateStep:
     Static shapes: each call should get a minibatch of the same structure (keys, shapes and
     dtypes), e.g. a replay-buffer sample of fixed size; another structure compiles (or
     captures) again, and so does a minibatch the step already wrote a new entry into (reuse
-    a QMIX sample and its ``priority`` entry is new the first time only). The gradients are preallocated once (zeros) and written in place every
-    step, so that their storage is static; a parameter the loss does not reach keeps a zero
-    gradient rather than ``None`` (Adam then still decays its moments).
+    a QMIX sample and its ``priority`` entry is new the first time only). The gradients are
+    preallocated once (zeros) and written in place every step, so that their storage is
+    static; a parameter the loss does not reach keeps a zero gradient rather than ``None``
+    (Adam steps it with a zero gradient: it stays put while its moments are zero).
+
+    Capturing eager code (``cudagraph=True, compile=False``) needs every op of the step to be
+    capture-safe: TorchRL's entropy of a distribution with a closed-form entropy checks
+    ``entropy.isfinite().all()`` on the host when not compiling, which a capture rejects; use
+    ``compile=True`` there (``TanhNormal``'s Monte-Carlo entropy has no such check).
 
     Examples:
         >>> optim = make_optimizer(loss.parameters(), 3e-4, compile=True)
@@ -271,18 +277,20 @@ class UpdateStep:
     def _build(self, compile):
         fn = self._step
         options = dict(compile) if isinstance(compile, dict) else {}
-        if self.cudagraph and self._cudagraph_impl == "reduce-overhead":
-            options.setdefault("mode", "reduce-overhead")
-            compile = True
-        if compile:
+        reduce_overhead = self.cudagraph and self._cudagraph_impl == "reduce-overhead"
+        if compile or reduce_overhead:
             options.setdefault("dynamic", False)
-            if self.cudagraph:
-                # Random ops as aten kernels on the default generator (graph-safe Philox).
+            if self.cudagraph and "mode" not in options:
                 inductor = dict(options.pop("options", None) or {})
+                # Random ops as aten kernels on the default generator (graph-safe Philox).
                 inductor.setdefault("fallback_random", True)
+                if reduce_overhead:
+                    # mode="reduce-overhead", spelled as its option (torch.compile takes a mode
+                    # or options, not both).
+                    inductor.setdefault("triton.cudagraphs", True)
                 options["options"] = inductor
             fn = torch.compile(fn, **options)
-        if self.cudagraph and self._cudagraph_impl == "CudaGraphModule":
+        if self.cudagraph and not reduce_overhead:
             from tensordict.nn import CudaGraphModule
 
             fn = CudaGraphModule(fn, warmup=2, in_keys=[], out_keys=[])
@@ -304,6 +312,12 @@ class UpdateStep:
         self._reattach_grads()
         self._keep_memo()
         self.calls += 1
+        if self.cudagraph and self._cudagraph_impl == "reduce-overhead":
+            # CUDA-graph trees overwrite a replay's outputs on the next one: mark the step and
+            # hand out copies.
+            torch.compiler.cudagraph_mark_step_begin()
+            with self._tracing_context():
+                return self._runner(minibatch).clone()
         with self._tracing_context():
             return self._runner(minibatch)
 

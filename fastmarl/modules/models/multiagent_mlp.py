@@ -98,10 +98,19 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
         x = self._pre_forward_check(x)  # [*B, A, F] checked; centralised: [*B, A * F]
         leaves = iter(param_leaves(self.params, keys))
         A = self.n_agents
+        # Under torch.compile the bias is added apart from the GEMM, so that Inductor fuses it
+        # into the activation: on the CPU its addmm first copies the broadcast bias into the
+        # output, a pass over [N, 256] per layer (8 ms of a 200 ms PPO step at 4096x4 on the
+        # CPU machine); on GPUs Inductor unfuses addmm itself. Eager keeps TorchRL's F.linear.
+        unfused = torch.compiler.is_compiling()
         if self.share_params:
             for kind, arg in layers:
                 if kind == "linear":
-                    x = F.linear(x, next(leaves), next(leaves) if arg else None)
+                    weight, bias = next(leaves), next(leaves) if arg else None
+                    if unfused:
+                        x = x @ weight.t() if bias is None else x @ weight.t() + bias
+                    else:
+                        x = F.linear(x, weight, bias)
                 else:
                     x = arg(x)
             if self.centralized:  # [*B, out] -> [*B, A, out], the same output for every agent
@@ -121,13 +130,23 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
                 # The same input for every agent: one GEMM against all agents' weights.
                 flat = x.reshape(N, x.shape[-1])
                 w = weight.reshape(A * out_features, weight.shape[-1])
-                x = flat @ w.t() if bias is None else torch.addmm(bias.reshape(-1), flat, w.t())
+                if bias is None:
+                    x = flat @ w.t()
+                elif unfused:
+                    x = flat @ w.t() + bias.reshape(-1)
+                else:
+                    x = torch.addmm(bias.reshape(-1), flat, w.t())
                 x = x.view(N, A, out_features).transpose(0, 1)  # [A, N, out]
             else:
                 if first:
                     x = x.reshape(N, A, x.shape[-1]).transpose(0, 1)  # [A, N, in]
                 wt = weight.transpose(1, 2)  # [A, in, out]
-                x = torch.bmm(x, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, wt)
+                if bias is None:
+                    x = torch.bmm(x, wt)
+                elif unfused:
+                    x = torch.bmm(x, wt) + bias.unsqueeze(1)
+                else:
+                    x = torch.baddbmm(bias.unsqueeze(1), x, wt)
             first = False
         # [A, N, out] -> [*B, A, out] (a view)
         return x.reshape(A, *batch, x.shape[-1]).movedim(0, -2)
