@@ -106,9 +106,10 @@ class UpdateStep:
             tutorial's PPO step (``tests/test_update.py``) one graph and no recompilation
             over 100 steps; likewise the QMIX step.
         cudagraph: capture the step in a CUDA graph and replay it (CUDA only), built on
-            ``tensordict.nn.CudaGraphModule`` (see below). Two warm-up calls run as is (and
-            compile, with ``compile=True``), the third captures, later ones copy the
-            minibatch into the captured input buffers and replay.
+            ``tensordict.nn.CudaGraphModule`` (see below). The first call runs as is (and
+            compiles, with ``compile=True``), the second runs once more and captures, later
+            ones copy the minibatch into the captured input buffers and replay. Every call is
+            one step.
         after_step: a callable run at the end of the step, inside the compiled / captured
             program (it must be capture-safe itself: ``SoftUpdate.step`` is).
 
@@ -215,10 +216,11 @@ class UpdateStep:
         self._memo_snapshot = None
         self.calls = 0
         """Calls made so far."""
-        self.warmup_calls = 3 if self.cudagraph else int(self.compile)
+        self.warmup_calls = 2 if self.cudagraph else int(self.compile)
         """Calls that compile or capture before the steady state: the first compiles; under
-        ``cudagraph`` two warm-up calls (compiling) and the capture. A trainer times these as
-        its compile phase."""
+        ``cudagraph`` the second also captures (``CudaGraphModule`` runs the step once more on
+        its side stream, then records it; CUDA-graph trees record on their second call). A
+        trainer times these as its compile phase."""
 
     @staticmethod
     def _make_capturable(optimizer) -> None:
