@@ -67,9 +67,20 @@ KEYS = dict(reward=("agents", "reward"), action=("agents", "action"), sample_log
 
 
 def pytest_generate_tests(metafunc):
+    # --bench-sizes may name sizes of any of the three groups (tutorial,benchmarl,B4096-n8):
+    # each group runs the ones it has.
+    wanted = metafunc.config.getoption("--bench-sizes")
+    known = {**STEP_SIZES, **QMIX_SIZES, **ITERATION_SIZES}
     for name, sizes in (("step_size", STEP_SIZES), ("qmix_size", QMIX_SIZES), ("iteration_size", ITERATION_SIZES)):
-        if name in metafunc.fixturenames:
+        if name not in metafunc.fixturenames:
+            continue
+        if wanted is None:
             metafunc.parametrize(name, selected_sizes(metafunc.config, sizes))
+            continue
+        unknown = [n for n in wanted.split(",") if n not in known]
+        if unknown:
+            raise pytest.UsageError(f"--bench-sizes: unknown size(s) {unknown}; known: {list(known)}")
+        metafunc.parametrize(name, [n for n in wanted.split(",") if n in sizes])
 
 
 def _backend(provider: str) -> str:
