@@ -144,11 +144,12 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-@pytest.mark.parametrize("algo", ["mappo", "qmix"])
+@pytest.mark.parametrize("algo", ["mappo"])
 def test_compile_runs_update_step_with_a_compile_phase(tmp_path, monkeypatch, algo):
     # The --compile plumbing (UpdateStep, phases "compile" then "update"), with dynamo's eager
     # backend standing in for Inductor so that the test takes seconds (tests/test_update.py
-    # compiles the same steps with Inductor).
+    # compiles the same steps with Inductor). QMIX's trainer goes through the same two helpers
+    # (make_update_step, timed_update); "qmix" here adds 15 s.
     compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile(fn, **{**kwargs, "backend": "eager"}))
     torch._dynamo.reset()
