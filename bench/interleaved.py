@@ -162,7 +162,39 @@ def update_adam_steps(size: str):
     return steps, compile_seconds
 
 
+def mlp_steps(size: str):
+    """A per-agent (``share_params=False``) MultiAgentMLP 18 -> 2x256 Tanh -> 4 at ``N x A``
+    (``tutorial``: 400x3, ``benchmarl``: 4096x4), forward + backward, decentralised: TorchRL's
+    (``to_module`` + ``vmap``), ``torch.func.functional_call`` under ``vmap`` over the stacked
+    parameters (no swap), and fastmarl's (``baddbmm`` over the stacked weights)."""
+    from torchrl.modules import MultiAgentMLP as TorchRLMultiAgentMLP
+
+    from fastmarl._step_compat import param_leaves
+    from fastmarl.modules import MultiAgentMLP
+
+    N, A = bench_update.STEP_SIZES[size]
+    kwargs = dict(centralized=False, share_params=False, depth=2, num_cells=256)
+    theirs = TorchRLMultiAgentMLP(bench_update.OBS, 4, A, **kwargs)
+    ours = MultiAgentMLP(bench_update.OBS, 4, A, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    keys = ours.__dict__["_fastmarl_plan"][1]
+    x = torch.randn(N, A, bench_update.OBS)
+
+    def functional_vmap():
+        params = {f"{a}.{b}": leaf for (a, b), leaf in zip(keys, param_leaves(ours.params, keys))}
+        call = lambda p, inp: torch.func.functional_call(ours._empty_net, p, (inp,))  # noqa: E731
+        return torch.vmap(call, in_dims=(0, -2), out_dims=-2)(params, x)
+
+    def make(fn):
+        def step():
+            fn().sum().backward()
+        return step
+    return {"torchrl": make(lambda: theirs(x)), "functional_vmap": make(functional_vmap),
+            "fastmarl": make(lambda: ours(x))}
+
+
 CASES = {
+    "mlp-per-agent": mlp_steps,
     "adam": adam_steps,
     "update-adam": update_adam_steps,
     "update-ppo": lambda size: update_steps("ppo", size),
