@@ -12,7 +12,9 @@ Cases: ``qmix-fwd``, ``qmix-fwd-bwd``, ``qmix-loss`` at bench_qmix.py's sizes, `
 ``ppo-loss`` at bench_ppo.py's, and the whole update step of bench_update.py: ``update-ppo`` at
 ``tutorial`` (400x3) or ``benchmarl`` (4096x4), ``update-qmix`` at ``B4096-n8`` or ``tutorial``,
 with providers TorchRL eager (the tutorial loop), fastmarl eager and fastmarl
-``UpdateStep(compile=True)`` (its compile time, the first calls, is printed apart). Prints min and
+``UpdateStep(compile=True)`` (its compile time, the first calls, is printed apart);
+``mlp-per-agent`` (per-agent MultiAgentMLP variants), ``adam`` (Adam's step for-loop / foreach /
+fused) and ``update-adam`` (the compiled PPO step with a foreach or a fused Adam). Prints min and
 median per provider and, for each peer, the median of the per-round ratios (peer time / time of
 the case's last provider, fastmarl's, in the same round) with their 10th-90th percentile spread.
 
