@@ -9,9 +9,20 @@ Here the providers alternate round by round on the same inputs, so drift hits bo
         --rounds 40 --json bench/results/interleaved-cpu-<date>.json
 
 Cases: ``gae`` (TorchRL's loop functional against fastmarl's, at ``BxTxA`` such as
-``1024x500x8``), ``qmix-fwd``, ``qmix-fwd-bwd``, ``qmix-loss`` at bench_qmix.py's sizes, ``ppo-math``
-and ``ppo-loss`` at bench_ppo.py's. Prints min and median per provider and the median of the
-per-round ratios (TorchRL time / fastmarl time of the same round) with their range.
+``1024x500x8``), ``qmix-fwd``, ``qmix-fwd-bwd``, ``qmix-loss`` at bench_qmix.py's sizes, ``ppo-math`` and
+``ppo-loss`` at bench_ppo.py's, and the whole update step of bench_update.py: ``update-ppo`` at
+``tutorial`` (400x3) or ``benchmarl`` (4096x4), ``update-qmix`` at ``B4096-n8`` or ``tutorial``,
+with providers TorchRL eager (the tutorial loop), fastmarl eager and fastmarl
+``UpdateStep(compile=True)`` (its compile time, the first calls, is printed apart);
+``mlp-per-agent`` (per-agent MultiAgentMLP variants), ``adam`` (Adam's step for-loop / foreach /
+fused) and ``update-adam`` (the compiled PPO step with a foreach or a fused Adam). Prints min and
+median per provider and, for each peer, the median of the per-round ratios (peer time / time of
+the case's last provider, fastmarl's, in the same round) with their 10th-90th percentile spread.
+
+The issue-11 figures (UpdateStep(compile=True) against TorchRL eager and fastmarl eager):
+
+    python bench/interleaved.py update-ppo:tutorial update-ppo:benchmarl update-qmix:B4096-n8 \
+        --rounds 30 --json bench/results/interleaved-update-cpu-<date>.json
 
 ``--busy N`` runs the cells beside a busy neighbour: another process multiplying matrices on N
 threads for the whole measurement, as a second training job on the same cores would (a fast
@@ -40,6 +51,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_ppo  # noqa: E402
 import bench_qmix  # noqa: E402
+import bench_update  # noqa: E402
+
+UPDATE_PROVIDERS = ("torchrl", "fastmarl", "fastmarl_compiled")
 
 
 def gae_steps(size: str):
@@ -135,8 +149,99 @@ def ppo_math_steps(size: str):
     return {"torchrl": make(bench_ppo.torchrl_math), "fastmarl": make(bench_ppo.fastmarl_math)}
 
 
+def update_steps(case: str, size: str):
+    """The update step of each provider (bench_update.py's setups), compiled providers warmed up:
+    ``(steps, compile seconds per provider)``."""
+    steps, compile_seconds = {}, {}
+    for provider in UPDATE_PROVIDERS:
+        if case == "ppo":
+            N, A = bench_update.STEP_SIZES[size]
+            step, batches = bench_update.ppo_step_case(provider, N, A, "cpu")
+            fresh = False
+        else:
+            N, A = bench_update.QMIX_SIZES[size]
+            step, batches = bench_update.qmix_step_case(provider, N, A, "cpu")
+            fresh = True  # a new replay sample each call: the loss writes its priority into it
+        compile_seconds[provider] = bench_update._timed_warmup(
+            step, batches, bench_update.warm_calls(provider), "cpu", fresh=fresh)
+        counter = iter(range(1 << 62))
+
+        def run(step=step, batches=batches, fresh=fresh, counter=counter):
+            batch = batches[next(counter) % len(batches)]
+            return step(batch.clone(False) if fresh else batch)
+        steps[provider] = run
+    return steps, compile_seconds
+
+
+def adam_steps(size: str):
+    """``Adam.step()`` alone over the tutorial networks' parameters (random gradients): torch's
+    CPU default (a loop over tensors), ``foreach`` and ``fused``."""
+    N, A = bench_update.STEP_SIZES[size]
+    loss = bench_update.ppo_loss("fastmarl", A, "cpu")
+    params = [p for p in loss.parameters() if p.requires_grad]
+    steps = {}
+    for name, flags in (("forloop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p in copies:
+            p.grad = torch.randn_like(p)
+        steps[name] = torch.optim.Adam(copies, bench_update.LR, **flags).step
+    return steps
+
+
+def update_adam_steps(size: str):
+    """``UpdateStep(compile=True)`` of the PPO step with a ``foreach`` and a fused Adam."""
+    N, A = bench_update.STEP_SIZES[size]
+    steps, compile_seconds = {}, {}
+    for name, flags in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        loss = bench_update.ppo_loss("fastmarl", A, "cpu")
+        step = bench_update.UpdateStep(loss, torch.optim.Adam(loss.parameters(), bench_update.LR, **flags),
+                                       max_grad_norm=bench_update.MAX_GRAD_NORM, compile=True)
+        generator = torch.Generator().manual_seed(1)
+        batches = [bench_update.ppo_minibatch(N, A, "cpu", generator) for _ in range(4)]
+        compile_seconds[name] = bench_update._timed_warmup(step, batches, 2, "cpu")
+        counter = iter(range(1 << 62))
+        steps[name] = lambda step=step, batches=batches, counter=counter: step(batches[next(counter) % 4])
+    return steps, compile_seconds
+
+
+def mlp_steps(size: str):
+    """A per-agent (``share_params=False``) MultiAgentMLP 18 -> 2x256 Tanh -> 4 at ``N x A``
+    (``tutorial``: 400x3, ``benchmarl``: 4096x4), forward + backward, decentralised: TorchRL's
+    (``to_module`` + ``vmap``), ``torch.func.functional_call`` under ``vmap`` over the stacked
+    parameters (no swap), and fastmarl's (``baddbmm`` over the stacked weights)."""
+    from torchrl.modules import MultiAgentMLP as TorchRLMultiAgentMLP
+
+    from fastmarl._compat import param_leaves
+    from fastmarl.modules import MultiAgentMLP
+
+    N, A = bench_update.STEP_SIZES[size]
+    kwargs = dict(centralized=False, share_params=False, depth=2, num_cells=256)
+    theirs = TorchRLMultiAgentMLP(bench_update.OBS, 4, A, **kwargs)
+    ours = MultiAgentMLP(bench_update.OBS, 4, A, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    keys = ours.__dict__["_fastmarl_plan"][1]
+    x = torch.randn(N, A, bench_update.OBS)
+
+    def functional_vmap():
+        params = {f"{a}.{b}": leaf for (a, b), leaf in zip(keys, param_leaves(ours.params, keys))}
+        call = lambda p, inp: torch.func.functional_call(ours._empty_net, p, (inp,))  # noqa: E731
+        return torch.vmap(call, in_dims=(0, -2), out_dims=-2)(params, x)
+
+    def make(fn):
+        def step():
+            fn().sum().backward()
+        return step
+    return {"torchrl": make(lambda: theirs(x)), "functional_vmap": make(functional_vmap),
+            "fastmarl": make(lambda: ours(x))}
+
+
 CASES = {
     "gae": gae_steps,
+    "mlp-per-agent": mlp_steps,
+    "adam": adam_steps,
+    "update-adam": update_adam_steps,
+    "update-ppo": lambda size: update_steps("ppo", size),
+    "update-qmix": lambda size: update_steps("qmix", size),
     "ppo-math": ppo_math_steps,
     "qmix-fwd": lambda size: qmix_mixer_steps(size, backward=False),
     "qmix-fwd-bwd": lambda size: qmix_mixer_steps(size, backward=True),
@@ -145,7 +250,13 @@ CASES = {
 }
 
 
+def _quantile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 def measure(steps: dict, rounds: int, warmup: int) -> dict:
+    """Alternate the providers round by round; ratios are against the last provider."""
     times = {name: [] for name in steps}
     for r in range(warmup + rounds):
         # Alternate which provider goes first so neither always runs on a warmer cache.
@@ -156,14 +267,19 @@ def measure(steps: dict, rounds: int, warmup: int) -> dict:
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 times[name].append(elapsed)
-    ratios = [t / f for t, f in zip(times["torchrl"], times["fastmarl"])]
-    return {
+    subject = list(steps)[-1]
+    ratios = {peer: [t / s for t, s in zip(times[peer], times[subject])] for peer in steps if peer != subject}
+    row = {
+        "subject": subject,
         "min": {k: min(v) for k, v in times.items()},
         "median": {k: statistics.median(v) for k, v in times.items()},
-        "median_round_ratio": statistics.median(ratios),
-        "round_ratio_range": [min(ratios), max(ratios)],
+        "median_round_ratio": {peer: statistics.median(r) for peer, r in ratios.items()},
+        "ratio_p10_p90": {peer: [_quantile(r, 0.1), _quantile(r, 0.9)] for peer, r in ratios.items()},
         "rounds": rounds,
     }
+    if list(steps) == ["torchrl", "fastmarl"]:  # the two-provider cases' historical field
+        row["median_round_ratio"] = row["median_round_ratio"]["torchrl"]
+    return row
 
 
 def _cpu_name() -> str:
@@ -177,6 +293,23 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _format(row: dict) -> str:
+    subject = row["subject"]
+    ms = " ".join(f"{name} {row['median'][name] * 1e3:.3f}" for name in row["median"])
+    lines = [f"{row['case']:<14}{row['size']:<10} medians (ms): {ms}"]
+    ratios = row["median_round_ratio"]
+    if not isinstance(ratios, dict):
+        ratios = {"torchrl": ratios}
+    for peer, ratio in ratios.items():
+        spread = row.get("ratio_p10_p90", {}).get(peer)
+        text = f" (p10-p90 {spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+        lines.append(f"    {subject} vs {peer}: per-round speed-up {ratio:.2f}x{text}")
+    if row.get("compile_seconds"):
+        lines.append("    first calls (compile): " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in row["compile_seconds"].items()))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cells", nargs="+", help="case:size, e.g. qmix-fwd-bwd:B32-n32")
@@ -185,7 +318,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here (atomically)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="measure beside a process multiplying matrices on N threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (1 keeps OpenMP from spinning against other "
+                             "processes on a shared machine; default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     results = []
     with warnings.catch_warnings(), busy_neighbour(args.busy):
         warnings.simplefilter("ignore")  # TorchRL's no-target-updater warning, every call
@@ -194,14 +332,15 @@ def main(argv=None) -> int:
             if case not in CASES:
                 parser.error(f"unknown case {case!r}; known: {sorted(CASES)}")
             torch.manual_seed(0)
-            row = {"case": case, "size": size, "busy_neighbour_threads": args.busy,
-                   **measure(CASES[case](size), args.rounds, args.warmup)}
+            steps = CASES[case](size)
+            compile_seconds = None
+            if isinstance(steps, tuple):
+                steps, compile_seconds = steps
+            row = {"case": case, "size": size, **measure(steps, args.rounds, args.warmup)}
+            if compile_seconds is not None:
+                row["compile_seconds"] = compile_seconds
             results.append(row)
-            print(f"{case:<14}{size:<10} torchrl {row['median']['torchrl'] * 1e3:9.3f} ms  "
-                  f"fastmarl {row['median']['fastmarl'] * 1e3:9.3f} ms  (medians; min "
-                  f"{row['min']['torchrl'] * 1e3:.3f} / {row['min']['fastmarl'] * 1e3:.3f})  "
-                  f"per-round speed-up {row['median_round_ratio']:.2f}x "
-                  f"({row['round_ratio_range'][0]:.2f}-{row['round_ratio_range'][1]:.2f})", flush=True)
+            print(_format(row), flush=True)
     if args.json:
         payload = {"machine": _cpu_name(), "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "results": results}

@@ -10,4 +10,13 @@ from fastmarl.ops import HAS_TRITON
 
 __version__ = "0.1.0"
 
-__all__ = ["HAS_TRITON", "__version__"]
+__all__ = ["HAS_TRITON", "UpdateStep", "__version__", "make_optimizer"]
+
+
+def __getattr__(name):
+    # fastmarl.UpdateStep imports tensordict and torch.optim machinery on first use only.
+    if name in ("UpdateStep", "make_optimizer"):
+        from fastmarl import update
+
+        return getattr(update, name)
+    raise AttributeError(f"module 'fastmarl' has no attribute {name!r}")

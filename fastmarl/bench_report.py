@@ -16,7 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-FASTMARL = ("fastmarl", "fastmarl_compiled", "fastmarl_cudagraph")
+FASTMARL = ("fastmarl", "fastmarl_compiled", "fastmarl_cudagraph", "fastmarl_reduce_overhead")
 
 
 def load_results(paths) -> list[dict]:

@@ -144,7 +144,10 @@ def _add_train_options(parser: argparse.ArgumentParser, *, backend: bool = True)
             continue
         parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
                             help=f"{text} (default: {getattr(defaults, name)})")
-    parser.add_argument("--compile", action="store_true", help="run the update step under torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the whole update step (fastmarl.UpdateStep; compile time is its own phase)")
+    parser.add_argument("--cudagraph", action="store_true",
+                        help="capture the update step in a CUDA graph (needs --device cuda)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<algo>-<scenario>-<backend>-<time>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

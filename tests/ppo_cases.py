@@ -16,11 +16,12 @@ KEYS = dict(
 )
 
 
-def make_actor(n_agents=3, cells=16, seed=0):
-    """The tutorial's actor: MultiAgentMLP (shared, decentralised) -> TanhNormal."""
+def make_actor(n_agents=3, cells=16, seed=0, mlp=MultiAgentMLP):
+    """The tutorial's actor: MultiAgentMLP (shared, decentralised) -> TanhNormal; ``mlp`` is
+    TorchRL's MultiAgentMLP or fastmarl's."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        MultiAgentMLP(n_agent_inputs=OBS, n_agent_outputs=2 * ACT, n_agents=n_agents, centralised=False,
+        mlp(n_agent_inputs=OBS, n_agent_outputs=2 * ACT, n_agents=n_agents, centralised=False,
                       share_params=True, depth=2, num_cells=cells, activation_class=torch.nn.Tanh),
         NormalParamExtractor(),
     )
@@ -32,9 +33,9 @@ def make_actor(n_agents=3, cells=16, seed=0):
     )
 
 
-def make_critic(n_agents=3, cells=16, centralised=True, seed=1):
+def make_critic(n_agents=3, cells=16, centralised=True, seed=1, mlp=MultiAgentMLP):
     torch.manual_seed(seed)
-    net = MultiAgentMLP(n_agent_inputs=OBS, n_agent_outputs=1, n_agents=n_agents, centralised=centralised,
+    net = mlp(n_agent_inputs=OBS, n_agent_outputs=1, n_agents=n_agents, centralised=centralised,
                         share_params=True, depth=2, num_cells=cells, activation_class=torch.nn.Tanh)
     return TensorDictModule(net, in_keys=[("agents", "observation")], out_keys=[("agents", "state_value")])
 

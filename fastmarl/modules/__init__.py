@@ -1,6 +1,6 @@
 """Drop-ins for :mod:`torchrl.modules`."""
 
 from fastmarl.modules import models
-from fastmarl.modules.models import QMixer, VDNMixer
+from fastmarl.modules.models import MultiAgentMLP, QMixer, VDNMixer
 
-__all__ = ["QMixer", "VDNMixer", "models"]
+__all__ = ["MultiAgentMLP", "QMixer", "VDNMixer", "models"]

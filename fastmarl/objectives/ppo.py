@@ -40,13 +40,6 @@ from fastmarl.objectives.common import (
 
 __all__ = ["ClipPPOLoss"]
 
-_PARAM_NAMES = (
-    "actor_network_params",
-    "critic_network_params",
-    "target_actor_network_params",
-    "target_critic_network_params",
-)
-
 
 class FusedPPOMixin:
     """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family."""
@@ -149,7 +142,11 @@ class FusedPPOMixin:
         out["max_ratio"] = surrogate["max_ratio"]
         out["mean_ratio"] = surrogate["mean_ratio"]
         td_out = TensorDict(out, batch_size=[])
-        _compat.clear_weakrefs(self, tensordict, td_out, *_PARAM_NAMES)
+        # TorchRL also clears the parameter TensorDicts; under torch.compile that sets
+        # ``_last_op`` on their leaves, i.e. an attribute write on every parameter, which
+        # breaks the graph at the optimizer step that follows (dynamo's "pending mutation on
+        # parameter"). This path writes nothing into them: the input and output suffice.
+        _compat.clear_weakrefs(self, tensordict, td_out)
         return td_out
 
     def _fused_loss_critic(self, data: TensorDictBase) -> dict:

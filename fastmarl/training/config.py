@@ -48,7 +48,10 @@ class TrainConfig:
     """Training device (``cpu``, ``cuda``, ``cuda:1``); VMAS runs there too."""
     seed: int = 0
     compile: bool = False
-    """Run the update step (loss forward and backward) under ``torch.compile``."""
+    """Compile the whole update step (loss, backward, clipping, Adam) with ``torch.compile``
+    through :class:`fastmarl.UpdateStep`; its first call is timed as the ``compile`` phase."""
+    cudagraph: bool = False
+    """Capture the update step in a CUDA graph (``UpdateStep(cudagraph=True)``; CUDA only)."""
     # QMIX
     continuous_actions: bool = False
     """Always False for QMIX (discrete actions); PPO uses continuous actions."""
@@ -129,6 +132,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--clip-epsilon must lie in (0, 1), got {config.clip_epsilon}")
     if config.entropy_coeff < 0:
         raise ValueError(f"--entropy-coeff must be non-negative, got {config.entropy_coeff}")
+    if config.cudagraph and not config.device.startswith("cuda"):
+        raise ValueError(f"--cudagraph needs --device cuda (CUDA graphs capture CUDA work), got --device {config.device}")
     if config.device.startswith("cuda"):
         import torch
 

@@ -2,9 +2,11 @@
 
 The code is the tutorial's (VMAS Navigation, MultiAgentMLP 2x256 Tanh with shared parameters,
 TanhNormal policy, ``ClipPPOLoss`` with ``normalize_advantage=False`` and GAE from
-``make_value_estimator``), with two changes: ``backend`` picks where ``ClipPPOLoss`` and
-``ValueEstimators`` are imported from, and each phase is timed. MAPPO's critic is centralised,
-IPPO's per agent.
+``make_value_estimator``), with two changes: ``backend`` picks where ``MultiAgentMLP``,
+``ClipPPOLoss`` and ``ValueEstimators`` are imported from, and each phase is timed. MAPPO's
+critic is centralised, IPPO's per agent. With ``compile``/``cudagraph`` the minibatch step is
+:class:`fastmarl.UpdateStep` (phases ``compile``, its first calls, and ``update``); otherwise
+the tutorial's loop, timed as loss forward, backward and optimizer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
 from torchrl.data.replay_buffers.storages import LazyTensorStorage
 from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.libs.vmas import VmasEnv
-from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
+from torchrl.modules import ProbabilisticActor, TanhNormal
 
 from fastmarl.training.config import TrainConfig
 
@@ -30,6 +32,37 @@ def loss_imports(backend: str):
     """``(ClipPPOLoss, ValueEstimators)`` from ``fastmarl.objectives`` or ``torchrl.objectives``."""
     module = importlib.import_module(f"{backend}.objectives")
     return module.ClipPPOLoss, module.ValueEstimators
+
+
+def mlp_import(backend: str):
+    """``MultiAgentMLP`` from ``fastmarl.modules`` (no per-call ``to_module``) or ``torchrl.modules``."""
+    return importlib.import_module(f"{backend}.modules").MultiAgentMLP
+
+
+def make_update_step(config: TrainConfig, loss, optim, loss_keys, after_step=None):
+    """``fastmarl.UpdateStep`` for ``--compile`` / ``--cudagraph``, else ``None`` (the tutorial's loop)."""
+    if not (config.compile or config.cudagraph):
+        return None
+    from fastmarl.update import UpdateStep
+
+    return UpdateStep(loss, optim, loss_keys=loss_keys, max_grad_norm=config.max_grad_norm,
+                      compile=config.compile, cudagraph=config.cudagraph, after_step=after_step)
+
+
+def make_optim(config: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
+    """The tutorial's ``Adam(params, lr)``; with ``--compile``/``--cudagraph`` the flags each
+    device wants (:func:`fastmarl.make_optimizer`: ``capturable`` for capture on CUDA)."""
+    if not (config.compile or config.cudagraph):
+        return torch.optim.Adam(params, lr)
+    from fastmarl.update import make_optimizer
+
+    return make_optimizer(params, lr, device=config.device, compile=config.compile, cudagraph=config.cudagraph)
+
+
+def timed_update(timer, update, subdata):
+    """One ``UpdateStep`` call, timed as ``compile`` while it compiles or captures, else ``update``."""
+    with timer("compile" if update.calls < update.warmup_calls else "update"):
+        return update(subdata)
 
 
 def make_env(config: TrainConfig, continuous_actions: bool) -> TransformedEnv:
@@ -45,6 +78,7 @@ def make_networks(config: TrainConfig, env) -> tuple[ProbabilisticActor, TensorD
     # The tutorial's env.action_spec.shape[-1] is no longer the per-agent action size in
     # TorchRL 0.14 (VMAS then asserts on the action shape); the full action spec's is.
     n_actions = env.full_action_spec[env.action_key].shape[-1]
+    MultiAgentMLP = mlp_import(config.backend)
     policy_net = nn.Sequential(
         MultiAgentMLP(
             n_agent_inputs=n_obs, n_agent_outputs=2 * n_actions, n_agents=env.n_agents, centralised=False,
@@ -114,6 +148,9 @@ class CollectingTrainer:
             part.load_state_dict(state[name])
 
 
+LOSS_KEYS = ("loss_objective", "loss_critic", "loss_entropy")
+
+
 class PPOTrainer(CollectingTrainer):
     """State of one MAPPO/IPPO run; ``step()`` runs one iteration and returns its metrics."""
 
@@ -134,21 +171,15 @@ class PPOTrainer(CollectingTrainer):
         )
         self.loss.make_value_estimator(ValueEstimators.GAE, gamma=config.gamma, lmbda=config.lmbda)
         self.gae = self.loss.value_estimator
-        self.optim = torch.optim.Adam(self.loss.parameters(), config.lr)
+        self.optim = make_optim(config, self.loss.parameters(), config.lr)
         self.buffer = ReplayBuffer(
             storage=LazyTensorStorage(config.frames_per_batch, device=config.device),
             sampler=SamplerWithoutReplacement(), batch_size=config.minibatch,
         )
-        self.update = torch.compile(self._loss_forward_backward) if config.compile else None
+        self.update = make_update_step(config, self.loss, self.optim, list(LOSS_KEYS))
 
     def _checkpointed(self) -> dict:
         return {"policy": self.policy, "critic": self.critic, "optim": self.optim}
-
-    def _loss_forward_backward(self, subdata):
-        losses = self.loss(subdata)
-        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-        total.backward()
-        return losses["loss_objective"].detach(), losses["loss_critic"].detach(), losses["loss_entropy"].detach()
 
     def step(self) -> dict:
         config, timer = self.config, self.timer
@@ -168,8 +199,8 @@ class PPOTrainer(CollectingTrainer):
                 with timer("sample"):
                     subdata = self.buffer.sample()
                 if self.update is not None:
-                    with timer("loss_forward_backward"):
-                        values = self.update(subdata)
+                    metrics = timed_update(timer, self.update, subdata)
+                    values = [metrics[key] for key in LOSS_KEYS]
                 else:
                     with timer("loss_forward"):
                         losses = self.loss(subdata)
@@ -178,10 +209,10 @@ class PPOTrainer(CollectingTrainer):
                         total.backward()
                     values = (losses["loss_objective"].detach(), losses["loss_critic"].detach(),
                               losses["loss_entropy"].detach())
-                with timer("optimizer"):
-                    torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
-                    self.optim.step()
-                    self.optim.zero_grad()
+                    with timer("optimizer"):
+                        torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
+                        self.optim.step()
+                        self.optim.zero_grad()
                 loss_history.append(torch.stack([v.float() for v in values]))
         # [steps, 3] on the host in one copy an iteration, not one a minibatch.
         loss_history = torch.stack(loss_history).cpu()

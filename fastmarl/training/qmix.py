@@ -4,7 +4,9 @@ Per-agent Q-network (MultiAgentMLP with shared parameters) -> ``QValueModule`` (
 chosen Q-value) -> ε-greedy exploration for collection; a ``QMixer`` over the concatenated
 agent observations as global state; ``QMixerLoss`` with target networks (soft updates), TD(0)
 targets and a replay buffer. The team reward is the agents' mean reward. ``backend`` picks where
-``QMixer`` and ``QMixerLoss`` come from (fastmarl's fuse the mixer into one op).
+``MultiAgentMLP``, ``QMixer`` and ``QMixerLoss`` come from (fastmarl's fuse the mixer into one op).
+With ``compile``/``cudagraph`` each gradient step, target update included, is one
+:class:`fastmarl.UpdateStep` call.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.data.replay_buffers import ReplayBuffer
 from torchrl.data.replay_buffers.storages import LazyTensorStorage
-from torchrl.modules import EGreedyModule, MultiAgentMLP, QValueModule, SafeSequential
+from torchrl.modules import EGreedyModule, QValueModule, SafeSequential
 from torchrl.objectives import SoftUpdate
 
 from fastmarl.training.config import TrainConfig
-from fastmarl.training.ppo import CollectingTrainer, make_env
+from fastmarl.training.ppo import (
+    CollectingTrainer,
+    make_env,
+    make_optim,
+    make_update_step,
+    mlp_import,
+    timed_update,
+)
 
 
 def qmix_imports(backend: str):
@@ -52,6 +61,7 @@ class QMIXTrainer(CollectingTrainer):
         n_obs = env.observation_spec["agents", "observation"].shape[-1]
         action_spec = env.full_action_spec_unbatched[env.action_key]
         n_actions = action_spec.space.n
+        MultiAgentMLP = mlp_import(config.backend)
         q_net = TensorDictModule(
             MultiAgentMLP(n_agent_inputs=n_obs, n_agent_outputs=n_actions, n_agents=env.n_agents,
                           centralised=False, share_params=config.share_params, device=config.device,
@@ -84,18 +94,13 @@ class QMIXTrainer(CollectingTrainer):
         )
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
         self.target_updater = SoftUpdate(self.loss, tau=config.target_tau)
-        self.optim = torch.optim.Adam(self.loss.parameters(), config.qmix_lr)
+        self.optim = make_optim(config, self.loss.parameters(), config.qmix_lr)
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=config.device),
                                    batch_size=config.minibatch)
-        self.update = torch.compile(self._loss_forward_backward) if config.compile else None
+        self.update = make_update_step(config, self.loss, self.optim, ["loss"], after_step=self.target_updater.step)
 
     def _checkpointed(self) -> dict:
         return {"loss": self.loss, "optim": self.optim, "explore": self.explore}
-
-    def _loss_forward_backward(self, subdata):
-        loss = self.loss(subdata)["loss"]
-        loss.backward()
-        return loss.detach()
 
     def step(self) -> dict:
         config, timer = self.config, self.timer
@@ -109,19 +114,18 @@ class QMIXTrainer(CollectingTrainer):
             with timer("sample"):
                 subdata = self.buffer.sample()
             if self.update is not None:
-                with timer("loss_forward_backward"):
-                    loss = self.update(subdata)
+                loss = timed_update(timer, self.update, subdata)["loss"]
             else:
                 with timer("loss_forward"):
                     loss = self.loss(subdata)["loss"]
                 with timer("backward"):
                     loss.backward()
                 loss = loss.detach()
-            with timer("optimizer"):
-                torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
-                self.optim.step()
-                self.optim.zero_grad()
-                self.target_updater.step()
+                with timer("optimizer"):
+                    torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
+                    self.optim.step()
+                    self.optim.zero_grad()
+                    self.target_updater.step()
             losses.append(loss.float())
         # One device-to-host copy an iteration, not one an update.
         losses = torch.stack(losses).cpu()

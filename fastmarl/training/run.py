@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 CHECKPOINT = "checkpoint.pt"
-PHASES = ("collection", "gae", "loss_forward", "backward", "optimizer")
+PHASES = ("collection", "gae", "loss_forward", "backward", "optimizer", "compile", "update")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

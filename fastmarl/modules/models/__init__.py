@@ -1,6 +1,6 @@
 """Drop-ins for :mod:`torchrl.modules.models`."""
 
 from fastmarl.modules.models import multiagent
-from fastmarl.modules.models.multiagent import QMixer, VDNMixer
+from fastmarl.modules.models.multiagent import MultiAgentMLP, QMixer, VDNMixer
 
-__all__ = ["QMixer", "VDNMixer", "multiagent"]
+__all__ = ["MultiAgentMLP", "QMixer", "VDNMixer", "multiagent"]

@@ -21,11 +21,12 @@ from torchrl.modules.models.multiagent import QMixer as _TorchRLQMixer
 from torchrl.modules.models.multiagent import VDNMixer as _TorchRLVDNMixer
 
 from fastmarl import _compat
+from fastmarl.modules.models.multiagent_mlp import MultiAgentMLP
 from fastmarl.ops import qmix as qmix_ops
 from fastmarl.ops.dtypes import FLOAT_DTYPES
 from fastmarl.ops.qmix import QMixParams
 
-__all__ = ["QMixer", "VDNMixer"]
+__all__ = ["MultiAgentMLP", "QMixer", "VDNMixer"]
 
 
 class QMixer(_TorchRLQMixer):

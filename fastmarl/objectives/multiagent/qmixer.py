@@ -23,8 +23,8 @@ from torchrl.objectives.multiagent.qmixer import QMixerLoss as _TorchRLQMixerLos
 from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
 
-from fastmarl import _compat
 from fastmarl.modules.models.multiagent import QMixer
+from fastmarl.modules.models.multiagent_mlp import MLPParamsSwap
 from fastmarl.ops.qmix import MODULE_PARAM_NAMES, QMixParams
 
 __all__ = ["QMixerLoss"]
@@ -56,6 +56,23 @@ class QMixerLoss(_TorchRLQMixerLoss):
             if sorted(keys) == sorted(names) and len(mixer.in_keys) == 2:
                 self.__dict__["_fused_mixer"] = module
                 self._mixer_order = [keys.index(name) for name in names]
+        # Parameter swaps into the local Q-network (online and target) without to_module when
+        # its parameters all live in fastmarl MultiAgentMLPs: TorchRL's swap copies a
+        # TensorDictParams per call, a graph break each under torch.compile (18 per QMIX step).
+        self.__dict__["_local_swap"] = MLPParamsSwap.build(self.local_value_network, self.local_value_network_params)
+
+    def _local_values(self, tensordict: TensorDictBase, params: TensorDictBase) -> None:
+        """``self.local_value_network(tensordict)`` with ``params`` swapped in."""
+        swap = self.__dict__.get("_local_swap")
+        if swap is None:
+            with params.to_module(self.local_value_network, preserve_module_state=False):
+                self.local_value_network(tensordict)
+            return
+        saved = swap.bind(params)
+        try:
+            self.local_value_network(tensordict)
+        finally:
+            swap.restore(saved)
 
     def _mixer_params(self, params: TensorDictBase) -> QMixParams:
         leaves = list(params.values(True, True))
@@ -78,13 +95,12 @@ class QMixerLoss(_TorchRLQMixerLoss):
             and not getattr(estimator, "shifted", False)
         )
 
-    def _target_next_value(self, tensordict: TensorDictBase, target_params: TensorDictBase) -> torch.Tensor:
-        # ValueEstimatorBase._next_value with the global value network's two halves run in turn.
+    def _target_next_value(self, tensordict: TensorDictBase) -> torch.Tensor:
+        # ValueEstimatorBase._next_value with the global value network's two halves run in turn,
+        # with the target parameters (TorchRL's _cached_target_params, without building it).
         step_td = step_mdp(tensordict, keep_other=False)
-        with target_params["module", "0"].to_module(self.local_value_network,
-                                                     preserve_module_state=False):
-            self.local_value_network(step_td)
-        self._mix(step_td, target_params["module", "1"])
+        self._local_values(step_td, self.target_local_value_network_params)
+        self._mix(step_td, self.target_mixer_network_params)
         return step_td.get(self.value_estimator.tensor_keys.value)
 
     @dispatch
@@ -93,10 +109,7 @@ class QMixerLoss(_TorchRLQMixerLoss):
         if not self._fast_path():
             return super().forward(tensordict)
         td_copy = tensordict.clone(False)
-        with self.local_value_network_params.to_module(
-            self.local_value_network, preserve_module_state=False
-        ):
-            self.local_value_network(td_copy)
+        self._local_values(td_copy, self.local_value_network_params)
 
         action = tensordict.get(self.tensor_keys.action)
         pred_val = td_copy.get(self.tensor_keys.action_value)  # [*B, n_agents, n_actions]
@@ -113,11 +126,9 @@ class QMixerLoss(_TorchRLQMixerLoss):
         self._mix(td_copy, self.mixer_network_params)
         pred_val_index = td_copy[self.tensor_keys.global_value].squeeze(-1)  # [*B]
 
-        target_params = _compat.target_params(self)
+        # The TD estimators read target_params only to compute next_value, given here.
         target_value = self.value_estimator.value_estimate(
-            td_copy,
-            target_params=target_params,
-            next_value=self._target_next_value(td_copy, target_params),
+            td_copy, next_value=self._target_next_value(td_copy),
         ).squeeze(-1)
 
         with torch.no_grad():
