@@ -168,8 +168,14 @@ class UpdateStep:
     ):
         if not callable(loss_module):
             raise TypeError(f"loss_module must be a callable loss module, got {type(loss_module).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        # A torch.optim.Optimizer, or one with its interface (BenchMARL's per-loss optimizers):
+        # zero_grad(), step() and param_groups.
+        if not (callable(getattr(optimizer, "step", None)) and callable(getattr(optimizer, "zero_grad", None))
+                and hasattr(optimizer, "param_groups")):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer (or have its step(), zero_grad() and "
+                f"param_groups), got {type(optimizer).__name__}"
+            )
         if loss_keys is not None:
             if isinstance(loss_keys, str) or not isinstance(loss_keys, Sequence) or not loss_keys:
                 raise TypeError(f"loss_keys must be a non-empty sequence of keys, got {loss_keys!r}")

@@ -356,22 +356,17 @@ def test_compile_update_wiring_matches_benchmarl_loop(algorithm, monkeypatch):
 
 
 @needs_benchmarl
-def test_compile_update_needs_fast_experiment_and_update_step(monkeypatch):
-    import fastmarl
+def test_compile_update_needs_fast_experiment():
     from fastmarl.integrations import benchmarl as fb
 
     config = fb.FastMappoConfig.get_from_yaml()
     config.compile_update = True
     with pytest.raises(ValueError, match="FastExperiment in place of benchmarl's Experiment"):
         _make(config, "balance")
-    monkeypatch.delattr(fastmarl, "UpdateStep", raising=False)
-    with pytest.raises(ImportError, match="fastmarl.UpdateStep"):
-        _make(config, "balance", fb.FastExperiment)
 
 
 @needs_benchmarl
-@pytest.mark.skipif(importlib.util.find_spec("fastmarl") is None or not hasattr(__import__("fastmarl"), "UpdateStep"),
-                    reason="fastmarl.UpdateStep (issue 11) is not in this fastmarl yet")
+@pytest.mark.compile
 def test_compile_update_with_fastmarl_update_step():
     from fastmarl.integrations import benchmarl as fb
 

@@ -26,14 +26,10 @@ __all__ = ["FastExperiment", "PerLossOptimizers", "check_compile_update"]
 
 
 def _update_step_class():
-    """``fastmarl.UpdateStep`` (issue 11), imported when ``compile_update`` asks for it."""
-    try:
-        from fastmarl import UpdateStep
-    except ImportError as err:
-        raise ImportError(
-            "compile_update=True runs each update as fastmarl.UpdateStep, which this fastmarl "
-            "installation does not have; set compile_update=False (the default)"
-        ) from err
+    """``fastmarl.UpdateStep``, imported when ``compile_update`` asks for it (it pulls in
+    ``torch._dynamo``, which a plain BenchMARL run does not need)."""
+    from fastmarl import UpdateStep
+
     return UpdateStep
 
 
