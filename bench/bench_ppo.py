@@ -22,10 +22,9 @@ import warnings
 
 import pytest
 import torch
+from bench_update import ppo_networks
 from benchutil import run_pedantic, selected_sizes, skip_compiled_in_smoke_run
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, TensorDictModule
-from torchrl.modules import MultiAgentMLP, ProbabilisticActor, TanhNormal
 from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
 
 from fastmarl.functional import clip_bounds, ppo_clip_loss, ppo_critic_loss
@@ -98,26 +97,8 @@ def test_ppo_math(benchmark, bench_device, size, provider):
 
 
 def tutorial_networks(A, device):
-    torch.manual_seed(0)
-    policy_net = torch.nn.Sequential(
-        MultiAgentMLP(n_agent_inputs=OBS, n_agent_outputs=2 * ACT, n_agents=A, centralised=False, share_params=True,
-                      device=device, depth=2, num_cells=CELLS, activation_class=torch.nn.Tanh),
-        NormalParamExtractor(),
-    )
-    policy = ProbabilisticActor(
-        module=TensorDictModule(policy_net, in_keys=[("agents", "observation")],
-                                out_keys=[("agents", "loc"), ("agents", "scale")]),
-        in_keys=[("agents", "loc"), ("agents", "scale")], out_keys=[("agents", "action")],
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": -torch.ones(ACT, device=device), "high": torch.ones(ACT, device=device)},
-        return_log_prob=True, log_prob_key=("agents", "sample_log_prob"),
-    )
-    critic = TensorDictModule(
-        MultiAgentMLP(n_agent_inputs=OBS, n_agent_outputs=1, n_agents=A, centralised=True, share_params=True,
-                      device=device, depth=2, num_cells=CELLS, activation_class=torch.nn.Tanh),
-        in_keys=[("agents", "observation")], out_keys=[("agents", "state_value")],
-    )
-    return policy, critic
+    """The tutorial's actor and critic on TorchRL's MultiAgentMLP (both losses share them)."""
+    return ppo_networks("torchrl", A, device)
 
 
 def minibatch(N, A, device):

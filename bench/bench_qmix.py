@@ -25,7 +25,6 @@ import torch
 from benchutil import run_pedantic, selected_sizes, skip_compiled_in_smoke_run
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
-from torch import nn
 from torchrl.modules import MLP, QValueModule, SafeSequential
 from torchrl.modules.models.multiagent import QMixer as TorchRLQMixer
 from torchrl.objectives.multiagent import QMixerLoss as TorchRLQMixerLoss

@@ -8,7 +8,6 @@ from torchrl.objectives.value.functional import (
     generalized_advantage_estimate as torchrl_gae,
 )
 
-import fastmarl
 from fastmarl.objectives.value.functional import generalized_advantage_estimate as gae
 from fastmarl.ops.gae import cpu as gae_cpu
 from fastmarl.ops.gae.naive import gae as gae_reference

@@ -206,8 +206,3 @@ def test_cuda_wide_mixer_takes_the_torch_path():
 def test_module_imports_are_the_drop_in_paths():
     assert fastmarl.modules.QMixer is fm_multiagent.QMixer is QMixer
     assert issubclass(QMixer, TorchRLQMixer)
-
-
-def test_module_imports_are_the_drop_in_paths():
-    assert fastmarl.modules.QMixer is fm_multiagent.QMixer is QMixer
-    assert issubclass(QMixer, TorchRLQMixer)

@@ -167,7 +167,6 @@ class QMixer(_TorchRLQMixer):
         # q [B, n] and state [B, S] of valid inputs; the checks that pass cost ~5 us, the
         # messages are only built for an input that fails them.
         state_shape = tuple(self.state_shape)
-        k = len(state_shape)
         if not (
             isinstance(chosen_action_value, Tensor) and isinstance(state, Tensor)
             and chosen_action_value.dtype in FLOAT_DTYPES and state.dtype in FLOAT_DTYPES
