@@ -37,9 +37,9 @@ OBS, ACT = 18, 2
 
 def pytest_generate_tests(metafunc):
     if "size" in metafunc.fixturenames:
-        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES))
+        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES, suite=metafunc.module.__name__ + ".py"))
     if "qmix_size" in metafunc.fixturenames:
-        metafunc.parametrize("qmix_size", selected_sizes(metafunc.config, QMIX_SIZES))
+        metafunc.parametrize("qmix_size", selected_sizes(metafunc.config, QMIX_SIZES, suite=metafunc.module.__name__ + ".py (QMIX)"))
 
 
 def rollout(B, T, A, device):
