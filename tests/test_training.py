@@ -126,6 +126,14 @@ def test_qmix_checkpoint_holds_the_replay_buffer_unless_told_not_to(tmp_path):
     assert rows["agents"]["observation"].shape[0] == 100 and set(rows) >= {"agents", "next", "state"}
     train(dataclasses.replace(config, save_buffer=False), out=tmp_path / "without", progress=False)
     assert "buffer" not in load_checkpoint(tmp_path / "without" / "checkpoint.pt")["trainer"]
+    # Only the filled rows are saved (not the preallocated capacity, nor a view's whole storage):
+    # 120 frames of the 894 bytes QMixerLoss reads, whatever --buffer-size.
+    sizes = {}
+    for save in (True, False):
+        folder = tmp_path / f"big-{save}"
+        train(dataclasses.replace(config, buffer_size=20_000, save_buffer=save), out=folder, progress=False)
+        sizes[save] = (folder / "checkpoint.pt").stat().st_size
+    assert 120 * 894 <= sizes[True] - sizes[False] <= 120 * 894 + 20_000, sizes
     # Without the buffer the resumed run starts from an empty buffer: no longer the same run.
     whole = train(dataclasses.replace(config, iters=3, save_buffer=False), out=tmp_path / "whole", progress=False)
     resumed = train(resume=tmp_path / "without", iters=3, progress=False)
@@ -134,10 +142,11 @@ def test_qmix_checkpoint_holds_the_replay_buffer_unless_told_not_to(tmp_path):
 
 
 def test_qmix_exploration_anneals_over_fixed_frames_whatever_the_run_length(tmp_path):
-    # ε is read after each iteration's collection step: 60 frames of the 240 it anneals over.
+    # The ε each batch was collected with: it falls by 60 frames of the 240 it anneals over per
+    # iteration, in a 2-iteration run as in a 5-iteration one.
     short = train(tiny("qmix", iters=2, eps_anneal_frames=240), out=tmp_path / "short", progress=False)
     long = train(tiny("qmix", iters=5, eps_anneal_frames=240), out=tmp_path / "long", progress=False)
-    expected = [1.0 - 0.95 * min(1.0, 60 * i / 240) for i in range(1, 6)]
+    expected = [1.0 - 0.95 * min(1.0, 60 * i / 240) for i in range(5)]
     assert [r["epsilon"] for r in short["metrics"]] == pytest.approx(expected[:2], abs=1e-5)
     assert [r["epsilon"] for r in long["metrics"]] == pytest.approx(expected, abs=1e-5)
 

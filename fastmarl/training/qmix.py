@@ -51,7 +51,9 @@ class ReplayRows:
         self.device = device
 
     def state_dict(self) -> dict:
-        rows = self.buffer[: len(self.buffer)] if len(self.buffer) else None
+        # clone(): the rows are a view of the preallocated storage, and torch.save writes a
+        # view's whole underlying storage (90 MB after one iteration instead of 5.4 MB).
+        rows = self.buffer[: len(self.buffer)].clone() if len(self.buffer) else None
         return {"rows": rows.to_dict() if rows is not None else {}, "length": len(self.buffer),
                 "writer": self.buffer.writer.state_dict()}
 
@@ -130,6 +132,8 @@ class QMIXTrainer(CollectingTrainer):
         add_team_signals(data, self.env.n_agents)
         # Only what QMixerLoss reads: 894 of the 1,132 bytes a frame on Navigation with 3 agents.
         self.buffer.extend(data.select(*self.loss.in_keys).reshape(-1))
+        # The ε this batch was collected with (the metric), then anneal by the frames collected.
+        epsilon = float(self.explore.eps)
         self.explore.step(data.numel())
         losses = []
         for _ in range(config.qmix_updates_per_iter):
@@ -160,6 +164,6 @@ class QMIXTrainer(CollectingTrainer):
             "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
             "episodes": int(done.sum().item()),
             "loss": losses.mean().item(), "first_loss": losses[0].item(),
-            "epsilon": float(self.explore.eps),
+            "epsilon": epsilon,
             "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
         }
