@@ -401,7 +401,7 @@ def run_suite(bench_dir: Path, json_path: Path, device: str | None, sizes: str |
     cmd = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:logging", "-p", "no:cacheprovider",
            f"--benchmark-json={json_path}"]
     if not verbose:
-        cmd.append("--benchmark-quiet")
+        cmd += ["--benchmark-quiet", "--disable-warnings"]
     if device:
         cmd.append(f"--bench-device={device}")
     if sizes:

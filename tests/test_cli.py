@@ -7,7 +7,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +49,9 @@ def _copy(run: Path, dst: Path) -> Path:
 
 # ---- --help ------------------------------------------------------------------------------------
 
-def test_help_is_fast_and_does_not_import_torch():
-    # `fastmarl --help` must not pay torch's ~1.3 s import; measured here in-process (a subprocess's
-    # wall time on a shared 2-core machine is noise) and as a whole process below.
+def test_help_does_not_import_torch():
+    # What keeps `fastmarl --help` fast: no torch (~1.3 s to import), TorchRL, VMAS or matplotlib
+    # behind any --help. (Timed by hand, not here: a wall-clock bound on a shared machine is noise.)
     code = ("import sys, fastmarl.cli as c\n"
             "for argv in (['--help'], ['train', '--help'], ['compare', '--help'], ['bench', '--help'], "
             "['demo', '--help']):\n"
@@ -62,12 +61,7 @@ def test_help_is_fast_and_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
-    start = time.perf_counter()
-    result = fastmarl("--help")
-    elapsed = time.perf_counter() - start
-    assert result.returncode == 0
-    # Generous bound (interpreter start-up on a loaded machine); torch alone takes > 1 s.
-    assert elapsed < 1.0, f"fastmarl --help took {elapsed:.2f} s"
+    assert fastmarl("--help").returncode == 0
 
 
 def test_help_text_has_no_rst_markup_and_every_demo_option_is_described(capsys):
