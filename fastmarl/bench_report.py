@@ -347,43 +347,64 @@ def headline_chart(rows, path: Path) -> None:
 
 
 def training_chart(comparison: str | Path | dict, path: Path) -> None:
-    """The reward curves of both backends and their seconds per iteration, from a
+    """The reward curves of both backends and the speed-up per iteration, from a
     ``fastmarl compare`` ``comparison.json``."""
     plt = _matplotlib()
     data = comparison if isinstance(comparison, dict) else json.loads(Path(comparison).read_text())
     config = data.get("config", {})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    speedup = data.get("speedup", {})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     styles = {"torchrl": dict(color="#7f7f7f", marker="o", linestyle="-", linewidth=2.5, markersize=7),
               "fastmarl": dict(color="#1f77b4", marker="x", linestyle="--", linewidth=1.5, markersize=7)}
     names = {"torchrl": "TorchRL losses", "fastmarl": "fastmarl losses"}
     for backend in ("torchrl", "fastmarl"):
-        if backend not in data:
-            continue
-        rewards = data[backend]["rewards"]
-        left.plot(range(1, len(rewards) + 1), rewards, label=names[backend], **styles[backend])
-        seconds = data[backend].get("seconds") or []
-        if seconds:
-            right.plot(range(1, len(seconds) + 1), seconds, label=names[backend], **styles[backend])
+        if backend in data:
+            rewards = data[backend]["rewards"]
+            left.plot(range(1, len(rewards) + 1), rewards, label=names[backend], **styles[backend])
     left.set_xlabel("iteration")
     left.set_ylabel("mean episode reward")
-    left.set_title("reward (same seed, same data: the curves coincide)", fontsize=10)
+    difference = speedup.get("max_reward_difference")
+    left.set_title("reward: same seed, same data" + (f" (largest difference {difference:.2g})"
+                                                     if difference is not None else ""), fontsize=10)
+    left.legend(fontsize=8)
+    per_iteration = speedup.get("round_by_iteration") or []
+    if per_iteration:
+        xs = range(1, len(per_iteration) + 1)
+        right.fill_between(xs, [r["q1"] for r in per_iteration], [r["q3"] for r in per_iteration],
+                           color="#1f77b4", alpha=0.25, label="interquartile range of the rounds")
+        right.plot(xs, [r["median"] for r in per_iteration], color="#1f77b4", marker="o",
+                   label="median over the iteration's rounds")
+        right.set_ylabel("TorchRL time / fastmarl time")
+        overall = speedup.get("round")
+        title = "speed-up per minibatch update round (backends taking turns)"
+        if overall:
+            title += (f"\nall {overall['n']} rounds: median {overall['median']:.2f}× "
+                      f"(interquartile {overall['q1']:.2f}–{overall['q3']:.2f}×)")
+        whole = speedup.get("iteration")
+        if whole:
+            title += (f"\nwhole iterations: median {whole['median']:.2f}× "
+                      f"(interquartile {whole['q1']:.2f}–{whole['q3']:.2f}×)")
+        right.axhline(1.0, color="black", linewidth=0.9)
+        values = [r["q1"] for r in per_iteration] + [r["q3"] for r in per_iteration]
+        right.set_ylim(min(0.8, min(values) * 0.95), max(1.3, max(values) * 1.05))
+        right.set_title(title, fontsize=10)
+    else:  # a comparison.json without rounds: seconds per iteration
+        for backend in ("torchrl", "fastmarl"):
+            seconds = data.get(backend, {}).get("seconds") or []
+            right.plot(range(1, len(seconds) + 1), seconds, label=names[backend], **styles[backend])
+        right.set_ylabel("seconds per iteration")
+        right.set_ylim(bottom=0)
+        right.set_title("seconds per iteration", fontsize=10)
     right.set_xlabel("iteration")
-    right.set_ylabel("seconds per iteration")
-    right.set_ylim(bottom=0)
-    speedup = data.get("speedup", {}).get("iteration")
-    title = "seconds per iteration (backends alternating)"
-    if speedup:
-        title += (f"\nspeed-up: median {speedup['median']:.2f}× "
-                  f"(interquartile {speedup['q1']:.2f}–{speedup['q3']:.2f}×)")
-    right.set_title(title, fontsize=10)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper right")
     algo = str(config.get("algo", "mappo")).upper()
     fig.suptitle(f"fastmarl compare: {algo} on VMAS {config.get('scenario', 'navigation')}, "
                  f"{config.get('frames_per_batch', '?')} frames × {config.get('epochs', '?')} epochs per iteration")
     fig.text(0.01, 0.01, f"{data.get('device_name', 'unknown device')}, torch {data.get('torch', '?')}; "
-                         f"measured {data.get('date', 'date unknown')}; `fastmarl compare` (seed {config.get('seed', 0)})",
+                         f"measured {data.get('date', 'date unknown')} with `fastmarl compare` (seed "
+                         f"{config.get('seed', 0)}) while other jobs shared the machine",
              fontsize=7.5, ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, path)

@@ -3,8 +3,8 @@
   fastmarl train     MAPPO / IPPO (the seed tutorial, by default) or QMIX on VMAS, with a
                      progress bar and a run folder (metrics, reward curve, configuration,
                      time per phase, checkpoint for --resume)
-  fastmarl compare   the same run with TorchRL's and fastmarl's losses, alternating
-                     iteration by iteration: rewards side by side, median speed-up and spread
+  fastmarl compare   the same run with TorchRL's and fastmarl's losses, taking turns
+                     minibatch by minibatch: rewards side by side, median speed-up and spread
   fastmarl bench     run the benchmark suites (or read saved JSON): a compact table of
                      fastmarl against each peer, the headline chart, and --compare against
                      saved results to flag regressions
@@ -364,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --resume: train up to N iterations in all (default: the run's --iters)")
     train.set_defaults(func=_train)
     compare = sub.add_parser(
-        "compare", help="the same run with TorchRL's and fastmarl's losses, alternating iteration by iteration",
+        "compare", help="the same run with TorchRL's and fastmarl's losses, taking turns minibatch by minibatch",
         description="Run the same configuration with TorchRL's and fastmarl's losses in one process, the two "
-                    "alternating iteration by iteration; print rewards side by side, seconds per phase and the "
-                    "median per-iteration speed-up with its spread.")
+                    "taking turns minibatch by minibatch; print rewards side by side, seconds per phase and the "
+                    "median speed-up per round and per iteration with their spread.")
     _add_train_options(compare, backend=False)
     compare.set_defaults(func=_compare)
     bench = sub.add_parser(

@@ -176,7 +176,16 @@ def test_compare_alternates_without_changing_either_run(tmp_path, algo):
     assert rows["torchrl"][0]["episode_reward_mean"] == rows["fastmarl"][0]["episode_reward_mean"]
     speedup = result["speedup"]
     assert speedup["iteration"]["n"] == 2 and speedup["iteration"]["min"] <= speedup["iteration"]["median"]
-    assert "median" in result["table"] and "interquartile" in result["table"]
+    # The runs hand over after every minibatch step: a round is one step of each; the first step of
+    # an iteration shares its turn with the collection and is left out of the per-round ratios.
+    steps = 3 if algo == "qmix" else (60 // 20) * 2
+    assert len(result["results"]["torchrl"]["slices"]) == len(result["results"]["fastmarl"]["slices"]) == 2 * steps
+    assert speedup["round"]["n"] == 2 * (steps - 1) and len(speedup["round_by_iteration"]) == 2
+    assert "per minibatch round" in result["table"] and "interquartile" in result["table"]
+    # Each run's seconds exclude the other run's turns.
+    for backend in ("torchrl", "fastmarl"):
+        for row in result["results"][backend]["metrics"]:
+            assert row["seconds"] >= sum(v for k, v in row.items() if k.startswith("time_")) * 0.99
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert saved["speedup"]["iteration"]["median"] == pytest.approx(speedup["iteration"]["median"])
     assert len(saved["fastmarl"]["seconds"]) == 2 and saved["config"]["algo"] == algo

@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -131,10 +133,11 @@ class Run:
     reward curve and phase table.
     """
 
-    def __init__(self, config: TrainConfig, path: Path, state: dict | None = None, where: str = ""):
+    def __init__(self, config: TrainConfig, path: Path, state: dict | None = None, where: str = "",
+                 timer: PhaseTimer | None = None):
         self.config = config
         self.path = Path(path)
-        self.timer = PhaseTimer(config.device)
+        self.timer = timer or PhaseTimer(config.device)
         self.trainer = _trainer_class(config.algo)(config, self.timer)
         self.rows: list[dict] = []
         self.start_iteration = 0
@@ -157,7 +160,7 @@ class Run:
 
     @classmethod
     def open(cls, config: TrainConfig | None = None, *, out: str | Path | None = None,
-             resume: str | Path | None = None, iters: int | None = None) -> Run:
+             resume: str | Path | None = None, iters: int | None = None, timer: PhaseTimer | None = None) -> Run:
         state, where = None, ""
         if resume is not None:
             where = f"--resume {resume}"
@@ -174,7 +177,7 @@ class Run:
         if iters is not None:
             config = dataclasses.replace(config, iters=iters)
         validate(config)
-        return cls(config, Path(out) if out else default_run_dir(config), state, where)
+        return cls(config, Path(out) if out else default_run_dir(config), state, where, timer)
 
     @property
     def done(self) -> bool:
@@ -189,6 +192,10 @@ class Run:
         run_rng.restore(self.rng, self.config.device)
         row = {"iteration": len(self.rows) + 1, **self.trainer.step()}
         self.rng = run_rng.capture(self.config.device)
+        waited = self.timer.take_waited() if isinstance(self.timer, _TurnTimer) else 0.0
+        if waited:  # `compare`: the other run's turns are not this run's time
+            row["seconds"] -= waited
+            row["fps"] = row["frames"] / row["seconds"]
         row.update({f"time_{phase}": seconds for phase, seconds in self.timer.end_iteration().items()})
         self.rows.append(row)
         self.folder.write_metrics(self.rows)
@@ -239,40 +246,150 @@ def train(config: TrainConfig | None = None, *, out: str | Path | None = None, r
     return run.finish()
 
 
-def compare(config: TrainConfig | None = None, *, out: str | Path | None = None, progress: bool = True) -> dict:
-    """Both backends on the same configuration and seed, alternating iteration by iteration.
+# The phase that ends a minibatch step in both trainers: `compare` hands over after it.
+HANDOFF_PHASES = ("optimizer",)
 
-    The two runs live in one process and take turns (TorchRL first on odd iterations, fastmarl
-    first on even ones), each with its own RNG stream, so they see the same data and a change in
-    the machine's load hits both: the speed-up is the median of the per-iteration ratios, with
-    their spread. Writes ``<out>/{torchrl,fastmarl}/`` (run folders), ``reward.png``,
-    ``comparison.txt`` and ``comparison.json``.
+
+class _Aborted(Exception):
+    """The other run of a comparison failed: stop taking turns."""
+
+
+class _Turns:
+    """Strict alternation of two runs, each in its own thread: the one holding the turn computes,
+    the other waits, so the process runs one of them at a time, as it would run either alone."""
+
+    def __init__(self, names):
+        self._cond = threading.Condition()
+        self._order = list(names)
+        self._turn = self._order[0]
+        self._active = set(names)
+        self.error: BaseException | None = None
+
+    def wait(self, name: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.error is not None or self._turn == name)
+            if self.error is not None:
+                raise _Aborted()
+
+    def hand_over(self, name: str) -> None:
+        with self._cond:
+            others = [n for n in self._order if n != name and n in self._active]
+            if others:
+                self._turn = others[0]
+            self._cond.notify_all()
+
+    def leave(self, name: str) -> None:
+        with self._cond:
+            self._active.discard(name)
+            if self._turn == name and self._active:
+                self._turn = next(n for n in self._order if n in self._active)
+            self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self.error = self.error or error
+            self._cond.notify_all()
+
+
+class _TurnTimer(PhaseTimer):
+    """A run's phase timer that hands the turn to the other run after every minibatch step
+    (``HANDOFF_PHASES``), keeping the run's random state across the other run's turn and
+    recording each turn's length: ``slices`` is ``[(seconds, turn included collection)]``."""
+
+    def __init__(self, device: str, turns: _Turns, name: str):
+        super().__init__(device)
+        self.turns, self.name = turns, name
+        self.run: Run | None = None
+        self.slices: list[tuple[float, bool]] = []
+        self._slice_start = 0.0
+        self._slice_phases: set[str] = set()
+        self._waited = 0.0
+
+    def begin_turn(self) -> None:
+        self._slice_start = time.perf_counter()
+
+    def take_waited(self) -> float:
+        waited, self._waited = self._waited, 0.0
+        return waited
+
+    @contextmanager
+    def __call__(self, phase: str):
+        with super().__call__(phase):
+            yield
+        self._slice_phases.add(phase)
+        if phase in HANDOFF_PHASES:
+            stop = time.perf_counter()
+            self.slices.append((stop - self._slice_start, "collection" in self._slice_phases))
+            self.run.rng = run_rng.capture(self.run.config.device)
+            self.turns.hand_over(self.name)
+            self.turns.wait(self.name)
+            run_rng.restore(self.run.rng, self.run.config.device)
+            self._slice_phases = set()
+            self._slice_start = time.perf_counter()
+            self._waited += self._slice_start - stop
+
+
+def compare(config: TrainConfig | None = None, *, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Both backends on the same configuration and seed, taking turns minibatch by minibatch.
+
+    The two runs live in one process (a thread each, one computing at a time) and hand over
+    after every minibatch step, each keeping its own random stream: each computes exactly what
+    it would alone, both see the same data, and a change in the machine's load hits both alike.
+    The speed-up is the median of the per-round ratios (TorchRL's minibatch step over fastmarl's
+    step of the same round) with their spread, and the same for whole iterations. Writes
+    ``<out>/{torchrl,fastmarl}/`` (run folders), ``reward.png``, ``comparison.txt`` and
+    ``comparison.json``.
     """
     config = config or TrainConfig()
     validate(config)
     root = Path(out) if out else Path("runs") / f"compare-{config.algo}-{config.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     backends = ("torchrl", "fastmarl")
-    runs = {}
+    turns = _Turns(backends)
+    runs: dict[str, Run] = {}
+    from tqdm import tqdm
+
     try:
         for backend in backends:
-            runs[backend] = Run.open(dataclasses.replace(config, backend=backend), out=root / backend)
+            timer = _TurnTimer(config.device, turns, backend)
+            runs[backend] = Run.open(dataclasses.replace(config, backend=backend), out=root / backend, timer=timer)
+            timer.run = runs[backend]
         for run in runs.values():
             run.begin()
-        from tqdm import tqdm
-
+        lock = threading.Lock()
         with tqdm(total=config.iters, disable=not progress, dynamic_ncols=True) as bar:
-            for i in range(config.iters):
-                for backend in backends if i % 2 == 0 else backends[::-1]:
-                    runs[backend].step()
-                a, b = (runs[k].rows[-1] for k in backends)
-                bar.set_description(f"reward torchrl {a['episode_reward_mean']:.3f} fastmarl "
-                                    f"{b['episode_reward_mean']:.3f}, speed-up {a['seconds'] / b['seconds']:.2f}x",
-                                    refresh=False)
-                bar.update()
+
+            def work(name: str) -> None:
+                run = runs[name]
+                try:
+                    turns.wait(name)
+                    run.timer.begin_turn()
+                    while not run.done:
+                        run.step()
+                        with lock:
+                            bar.update(0.5)
+                            bar.set_description(f"reward {name} {run.rows[-1]['episode_reward_mean']:.3f}",
+                                                refresh=False)
+                except _Aborted:
+                    pass
+                except BaseException as err:  # noqa: BLE001  (re-raised by the main thread)
+                    turns.fail(err)
+                finally:
+                    turns.leave(name)
+
+            threads = [threading.Thread(target=work, args=(name,), name=f"fastmarl-compare-{name}")
+                       for name in backends]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if turns.error is not None:
+            raise turns.error
     finally:
         for run in runs.values():
             run.close()
     results = {backend: run.finish() for backend, run in runs.items()}
+    for backend, run in runs.items():
+        results[backend]["slices"] = run.timer.slices
     curves = {b: [row["episode_reward_mean"] for row in r["metrics"]] for b, r in results.items()}
     plot_rewards(root / "reward.png", curves, f"{config.algo.upper()} on VMAS {config.scenario}: TorchRL vs fastmarl")
     ratios = speedup_ratios(results)
@@ -316,8 +433,9 @@ def _spread(values: list[float]) -> dict:
 
 
 def speedup_ratios(results: dict) -> dict:
-    """Per-iteration TorchRL / fastmarl time ratios (the two ran in turn): the whole iteration,
-    and the update alone (every phase but collection, which runs the same code for both)."""
+    """TorchRL / fastmarl time ratios of the two runs of ``compare``: per update round (one
+    minibatch step each, the two taken in turn; overall and per iteration), per whole iteration,
+    and per iteration's update phases (every phase but collection, the same code for both)."""
     a, b = results["torchrl"]["metrics"], results["fastmarl"]["metrics"]
 
     def update_seconds(row):
@@ -325,14 +443,24 @@ def speedup_ratios(results: dict) -> dict:
 
     iteration = [x["seconds"] / y["seconds"] for x, y in zip(a, b)]
     update = [update_seconds(x) / update_seconds(y) for x, y in zip(a, b) if update_seconds(y) > 0]
+    pairs = list(zip(results["torchrl"].get("slices", []), results["fastmarl"].get("slices", [])))
+    rounds = [x / y for (x, x_collect), (y, y_collect) in pairs if not (x_collect or y_collect) and y > 0]
+    per_iteration = []
+    if rounds and len(a):
+        size = len(pairs) // len(a) or 1
+        for i in range(len(a)):
+            chunk = [x / y for (x, xc), (y, yc) in pairs[i * size:(i + 1) * size] if not (xc or yc) and y > 0]
+            if chunk:
+                per_iteration.append(_spread(chunk))
     reward_diff = max((abs(x["episode_reward_mean"] - y["episode_reward_mean"]) for x, y in zip(a, b)), default=0.0)
-    return {"iteration": _spread(iteration), "update": _spread(update) if update else None,
+    return {"round": _spread(rounds) if rounds else None, "round_by_iteration": per_iteration,
+            "iteration": _spread(iteration), "update": _spread(update) if update else None,
             "max_reward_difference": reward_diff}
 
 
-def _describe(spread: dict) -> str:
+def _describe(spread: dict, unit: str = "iterations") -> str:
     return (f"median {spread['median']:.2f}x (interquartile {spread['q1']:.2f}-{spread['q3']:.2f}x, "
-            f"range {spread['min']:.2f}-{spread['max']:.2f}x, {spread['n']} iterations)")
+            f"range {spread['min']:.2f}-{spread['max']:.2f}x, {spread['n']} {unit})")
 
 
 def comparison_table(results: dict) -> str:
@@ -347,23 +475,26 @@ def comparison_table(results: dict) -> str:
             rows = results[b]["metrics"]
             cells.append(f"{rows[i]['episode_reward_mean']:>12.3f}" if i < len(rows) else f"{'':>12}")
         lines.append(f"{i + 1:<24}" + "".join(cells))
-    lines += ["", "seconds per iteration", f"{'phase':<24}" + "".join(f"{b:>12}" for b in backends)]
+    # Medians over the iterations, not means: on a shared machine one slow iteration (load from
+    # elsewhere) would otherwise dominate a phase's figure.
+    lines += ["", "seconds per iteration (median over the iterations)",
+              f"{'phase':<24}" + "".join(f"{b:>12}" for b in backends)]
     phases = list(dict.fromkeys(p for r in results.values() for p in r["phase_seconds"]))
-    totals = {b: 0.0 for b in backends}
     for phase in phases:
-        cells = []
-        for b in backends:
-            seconds = results[b]["phase_seconds"].get(phase, 0.0) / max(len(results[b]["metrics"]), 1)
-            totals[b] += seconds
-            cells.append(f"{seconds:>12.3f}")
+        cells = [f"{statistics.median(row.get(f'time_{phase}', 0.0) for row in results[b]['metrics']):>12.3f}"
+                 if results[b]["metrics"] else f"{'':>12}" for b in backends]
         lines.append(f"{phase:<24}" + "".join(cells))
-    lines.append(f"{'total':<24}" + "".join(f"{totals[b]:>12.3f}" for b in backends))
+    lines.append(f"{'whole iteration':<24}" + "".join(
+        f"{statistics.median(row['seconds'] for row in results[b]['metrics']):>12.3f}" if results[b]["metrics"]
+        else f"{'':>12}" for b in backends))
     if set(backends) == {"torchrl", "fastmarl"}:
         ratios = speedup_ratios(results)
-        lines += ["", "speed-up of fastmarl, TorchRL time / fastmarl time per iteration (the backends alternate):",
-                  f"  whole iteration  {_describe(ratios['iteration'])}"]
+        lines += ["", "speed-up of fastmarl: TorchRL time / fastmarl time (the backends take turns every minibatch)"]
+        if ratios["round"]:
+            lines.append(f"  update, per minibatch round   {_describe(ratios['round'], 'rounds')}")
+        lines.append(f"  whole iteration               {_describe(ratios['iteration'])}")
         if ratios["update"]:
-            lines.append(f"  update phases    {_describe(ratios['update'])}")
+            lines.append(f"  update phases per iteration   {_describe(ratios['update'])}")
         lines.append(f"  largest difference in mean episode reward between the backends: "
                      f"{ratios['max_reward_difference']:.3g}")
     return "\n".join(lines)
