@@ -46,7 +46,7 @@ MAX_COMPILED_LOOP_STEPS = 512
 
 def pytest_generate_tests(metafunc):
     if "size" in metafunc.fixturenames:
-        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES))
+        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES, suite=metafunc.module.__name__ + ".py"))
 
 
 def make_inputs(B, T, A, device, done_rate=0.02):

@@ -40,7 +40,7 @@ CLIP, CLIP_VALUE, CRITIC_COEFF, ENTROPY_COEFF = 0.2, 0.2, 1.0, 1e-4
 
 def pytest_generate_tests(metafunc):
     if "size" in metafunc.fixturenames:
-        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES))
+        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES, suite=metafunc.module.__name__ + ".py"))
 
 
 # --------------------------------------------------------------------------- the math alone

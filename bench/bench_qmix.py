@@ -29,6 +29,7 @@ from torchrl.modules import MLP, QValueModule, SafeSequential
 from torchrl.modules.models.multiagent import QMixer as TorchRLQMixer
 from torchrl.objectives.multiagent import QMixerLoss as TorchRLQMixerLoss
 
+from fastmarl.bench_report import SIZE_ALIASES
 from fastmarl.modules import QMixer
 from fastmarl.objectives import QMixerLoss
 
@@ -42,7 +43,7 @@ PROVIDERS = ["torchrl", "torchrl_compiled", "fastmarl", "fastmarl_compiled"]
 
 def pytest_generate_tests(metafunc):
     if "size" in metafunc.fixturenames:
-        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES))
+        metafunc.parametrize("size", selected_sizes(metafunc.config, SIZES, SIZE_ALIASES["qmix"], "bench_qmix.py"))
 
 
 def _rounds(batch, n_agents, state_dim):

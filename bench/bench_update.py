@@ -67,20 +67,14 @@ KEYS = dict(reward=("agents", "reward"), action=("agents", "action"), sample_log
 
 
 def pytest_generate_tests(metafunc):
-    # --bench-sizes may name sizes of any of the three groups (tutorial,benchmarl,B4096-n8):
-    # each group runs the ones it has.
-    wanted = metafunc.config.getoption("--bench-sizes")
-    known = {**STEP_SIZES, **QMIX_SIZES, **ITERATION_SIZES}
-    for name, sizes in (("step_size", STEP_SIZES), ("qmix_size", QMIX_SIZES), ("iteration_size", ITERATION_SIZES)):
-        if name not in metafunc.fixturenames:
-            continue
-        if wanted is None:
-            metafunc.parametrize(name, selected_sizes(metafunc.config, sizes))
-            continue
-        unknown = [n for n in wanted.split(",") if n not in known]
-        if unknown:
-            raise pytest.UsageError(f"--bench-sizes: unknown size(s) {unknown}; known: {list(known)}")
-        metafunc.parametrize(name, [n for n in wanted.split(",") if n in sizes])
+    # Each group by its own sizes, under the size names every suite shares (--bench-sizes
+    # tutorial,benchmarl,...; QMIX's benchmarl size is B4096-n8), plus the group's own names.
+    suite = metafunc.module.__name__ + ".py"
+    groups = {"step_size": (STEP_SIZES, {}), "qmix_size": (QMIX_SIZES, {"benchmarl": ["B4096-n8"]}),
+              "iteration_size": (ITERATION_SIZES, {})}
+    for name, (sizes, aliases) in groups.items():
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, selected_sizes(metafunc.config, sizes, aliases, suite=f"{suite} ({name})"))
 
 
 def _backend(provider: str) -> str:

@@ -9,15 +9,36 @@ import time
 import pytest
 import torch
 
+from fastmarl.bench_report import SHARED_SIZES
 
-def selected_sizes(config, all_sizes: dict) -> list:
-    """The size names this run measures, for ``pytest_generate_tests``."""
+# Every size name a suite declared in this session (checked against --bench-sizes in conftest.py).
+KNOWN_SIZES = pytest.StashKey[set]()
+
+
+def selected_sizes(config, all_sizes: dict, aliases: dict | None = None, suite: str = "this suite") -> list:
+    """The sizes this run measures, for ``pytest_generate_tests``.
+
+    ``--bench-sizes`` takes the size names shared by every suite (``SHARED_SIZES``: tiny,
+    tutorial, benchmarl, large, long), which ``aliases`` maps to the suite's own names where they
+    differ (QMIX's ``B4096-n8``...), and any suite's own names. A name this suite has no size for
+    becomes a skipped case that says so; a name no suite knows is a usage error (conftest.py).
+    """
+    aliases = aliases or {}
     wanted = config.getoption("--bench-sizes")
-    names = [n for n in all_sizes if n != "tiny"] if wanted is None else wanted.split(",")
-    unknown = [n for n in names if n not in all_sizes]
-    if unknown:
-        raise pytest.UsageError(f"--bench-sizes: unknown size(s) {unknown}; known: {list(all_sizes)}")
-    return names
+    known = config.stash.setdefault(KNOWN_SIZES, set())
+    known.update(all_sizes, aliases, SHARED_SIZES)
+    if wanted is None:
+        return [n for n in all_sizes if n != "tiny"]
+    params = []
+    for name in dict.fromkeys(n.strip() for n in wanted.split(",") if n.strip()):
+        if name in all_sizes:
+            params.append(name)
+        elif name in aliases:
+            params += [pytest.param(own, id=own) for own in aliases[name] if own not in params]
+        else:
+            params.append(pytest.param(name, id=name, marks=pytest.mark.skip(
+                reason=f"{suite} has no size {name!r} (its sizes: {', '.join(all_sizes)})")))
+    return params
 
 
 def synchronize(device: str):
@@ -41,6 +62,12 @@ def run_pedantic(benchmark, fn, input_sets, device, *, rounds, warmup_rounds=2, 
     ``MAX_ROUNDS``, so that the timed window lasts ``min_seconds`` (not in a
     ``--benchmark-disable`` smoke run). Returns the last result and the inputs that produced it.
     """
+    if benchmark.extra_info.get("size") == "tiny":
+        # The tiny size is a smoke run of the suite and its report (fastmarl bench --sizes tiny,
+        # tests/test_readme.py): a few rounds each, and no minute-long compiles.
+        if str(benchmark.extra_info.get("provider", "")).endswith("compiled"):
+            pytest.skip("compiled providers are skipped at the tiny size (compile time; tests/ covers compilation)")
+        min_seconds = 0
     inputs = itertools.cycle(input_sets)
     last = []
 

@@ -3,7 +3,12 @@
 Options:
     --bench-device cpu|cuda      where to run (default: cuda when available, else cpu)
     --bench-sizes a,b,...        size names to run (default: every size but ``tiny``); CI runs
-                                 ``--bench-sizes tiny --benchmark-disable`` as a smoke test
+                                 ``--bench-sizes tiny --benchmark-disable`` as a smoke test.
+                                 The names are shared by every suite (tiny, tutorial, benchmarl,
+                                 large, long; bench_qmix.py maps them onto its B<batch>-n<agents>
+                                 grid, see ``fastmarl.bench_report.SIZE_ALIASES``); a suite's own
+                                 names work too. A suite without a size of that name skips it with
+                                 a reason; a name no suite knows is a usage error.
 
 The JSON written by ``--benchmark-json`` carries the device name and the torch, triton and
 torchrl versions in ``machine_info``, so a committed result says where it was measured.
@@ -58,3 +63,14 @@ def bench_device(request) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device cuda, but no CUDA device is available")
     return device
+
+
+def pytest_collection_modifyitems(config, items):
+    from benchutil import KNOWN_SIZES
+
+    wanted = config.getoption("--bench-sizes")
+    known = config.stash.get(KNOWN_SIZES, set())
+    if wanted and known:
+        unknown = [n.strip() for n in wanted.split(",") if n.strip() and n.strip() not in known]
+        if unknown:
+            raise pytest.UsageError(f"--bench-sizes: unknown size(s) {unknown}; known: {sorted(known)}")

@@ -1,42 +1,93 @@
-"""``fastmarl`` command line (also ``python -m fastmarl``).
+"""The fastmarl command line (also python -m fastmarl).
 
-    fastmarl train     MAPPO / IPPO (the seed tutorial, by default) or QMIX on VMAS, with a
-                       progress bar and a run folder (metrics, reward curve, configuration,
-                       time per phase, checkpoint for --resume)
-    fastmarl compare   the same run with TorchRL's and fastmarl's losses, side by side
-    fastmarl bench     run the benchmark suite (or read saved JSON): a table per op and size,
-                       speed-ups over each peer, GAE bandwidth against a copy, a PNG chart,
-                       and --compare against saved results to flag regressions
-    fastmarl demo      GAE on a real VMAS Navigation rollout: TorchRL's MultiAgentGAE against
-                       fastmarl's on the same TensorDict (parity and time)
+  fastmarl train     MAPPO / IPPO (the seed tutorial, by default) or QMIX on VMAS, with a
+                     progress bar and a run folder (metrics, reward curve, configuration,
+                     time per phase, checkpoint for --resume)
+  fastmarl compare   the same run with TorchRL's and fastmarl's losses, taking turns
+                     minibatch by minibatch: rewards side by side, median speed-up and spread
+  fastmarl bench     run the benchmark suites (or read saved JSON): a compact table of
+                     fastmarl against each peer, the headline chart, and --compare against
+                     saved results to flag regressions
+  fastmarl demo      GAE on a real VMAS Navigation rollout: TorchRL's MultiAgentGAE against
+                     fastmarl's on the same TensorDict (parity and time)
+
+Run "fastmarl <command> --help" for a command's options.
 """
 
+# Only the standard library and fastmarl.training.config at import time: `fastmarl --help`
+# and every command's --help answer without importing torch (~1.3 s) or TorchRL (~2 s).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 
+EXTRAS = {
+    # command: (extra, modules it needs beyond torch / torchrl / tensordict)
+    "train": ("train", ("vmas", "tqdm", "matplotlib")),
+    "compare": ("train", ("vmas", "tqdm", "matplotlib")),
+    "demo": ("train", ("vmas",)),
+    "bench": ("test", ("pytest", "pytest_benchmark", "matplotlib")),
+    "bench --json": ("train", ("matplotlib",)),
+}
+
+
+def _missing_extra(command: str) -> str | None:
+    """The error line when a module the command needs is not installed, else None."""
+    extra, modules = EXTRAS[command]
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    name = command.split()[0]
+    return (f"fastmarl {name}: error: fastmarl {command} needs the [{extra}] extra (missing: {', '.join(missing)}): "
+            f"pip install 'fastmarl[{extra}]'")
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"fastmarl {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _quiet_torchrl() -> None:
+    """TorchRL logs INFO lines with raw ANSI colour codes (e.g. "Initialized LazyTensorStorage"
+    from every replay buffer); keep its warnings, unless RL_LOGGING_LEVEL asks for more."""
+    import logging
+    import os
+
+    if "RL_LOGGING_LEVEL" not in os.environ:
+        import torchrl  # noqa: F401  (configures its logger at import: set the level after)
+
+        logging.getLogger("torchrl").setLevel(logging.WARNING)
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
 
 
 def _device(text: str) -> str:
-    import torch
+    if text == "auto" or text.startswith("cuda"):
+        import torch
 
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("--device cuda asked for, but no CUDA device is available")
+        if text == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError("--device cuda asked for, but no CUDA device is available")
     return text
 
 
 def _demo(args) -> int:
+    missing = _missing_extra("demo")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     import torch
     from tensordict.nn import TensorDictModule
     from torchrl.envs.libs.vmas import VmasEnv
@@ -45,6 +96,7 @@ def _demo(args) -> int:
 
     from fastmarl.objectives.value import MultiAgentGAE
 
+    _quiet_torchrl()
     torch.manual_seed(args.seed)
     print(f"VMAS {args.scenario}: {args.envs} envs x {args.steps} steps x {args.agents} agents on {args.device}")
     env = VmasEnv(
@@ -105,7 +157,8 @@ def _demo(args) -> int:
     return 0
 
 
-# (flag, TrainConfig field, type, help); defaults come from TrainConfig.
+# (flag, TrainConfig field, type, help); defaults come from TrainConfig. Parsed with
+# default=SUPPRESS, so that an option given with --resume can be told from a default.
 _TRAIN_OPTIONS = [
     ("--algo", "algo", str, "mappo, ippo or qmix"),
     ("--backend", "backend", str, "fastmarl or torchrl: where the losses and value estimator come from"),
@@ -116,7 +169,7 @@ _TRAIN_OPTIONS = [
     ("--max-steps", "max_steps", int, "episode length / rollout steps"),
     ("--epochs", "epochs", int, "PPO epochs per batch"),
     ("--minibatch", "minibatch", int, "minibatch size"),
-    ("--lr", "lr", float, "Adam learning rate"),
+    ("--lr", "lr", float, "PPO Adam learning rate"),
     ("--max-grad-norm", "max_grad_norm", float, "gradient clipping norm"),
     ("--clip-epsilon", "clip_epsilon", float, "PPO clip"),
     ("--gamma", "gamma", float, "discount"),
@@ -126,65 +179,102 @@ _TRAIN_OPTIONS = [
     ("--depth", "depth", int, "hidden layers"),
     ("--device", "device", str, "cpu or cuda[:N]"),
     ("--seed", "seed", int, "seed"),
-    ("--buffer-size", "buffer_size", int, "QMIX replay buffer size"),
+    ("--buffer-size", "buffer_size", int, "QMIX replay buffer size in frames"),
     ("--qmix-lr", "qmix_lr", float, "QMIX Adam learning rate"),
     ("--qmix-updates-per-iter", "qmix_updates_per_iter", int, "QMIX gradient steps per iteration"),
     ("--eps-start", "eps_start", float, "QMIX initial exploration"),
     ("--eps-end", "eps_end", float, "QMIX final exploration"),
+    ("--eps-anneal-frames", "eps_anneal_frames", int, "QMIX frames over which exploration anneals, whatever --iters"),
     ("--target-tau", "target_tau", float, "QMIX target soft-update rate"),
+]
+# Flags that set a TrainConfig field without a value: (flag, field, action, help).
+_TRAIN_SWITCHES = [
+    ("--compile", "compile", "store_true",
+     "compile the whole update step (fastmarl.UpdateStep; compile time is its own phase)"),
+    ("--cudagraph", "cudagraph", "store_true", "capture the update step in a CUDA graph (needs --device cuda)"),
+    ("--no-save-buffer", "save_buffer", "store_false",
+     "QMIX: leave the replay buffer out of checkpoint.pt (smaller, but a resumed run starts from an "
+     "empty buffer and is no longer exact)"),
 ]
 
 
 def _add_train_options(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    from fastmarl.training import TrainConfig
+    from fastmarl.training.config import TrainConfig
 
     defaults = TrainConfig()
     for flag, name, kind, text in _TRAIN_OPTIONS:
         if name == "backend" and not backend:
             continue
-        parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
+        parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
                             help=f"{text} (default: {getattr(defaults, name)})")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the whole update step (fastmarl.UpdateStep; compile time is its own phase)")
-    parser.add_argument("--cudagraph", action="store_true",
-                        help="capture the update step in a CUDA graph (needs --device cuda)")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<algo>-<scenario>-<backend>-<time>)")
+    for flag, name, action, text in _TRAIN_SWITCHES:
+        parser.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=text)
+    parser.add_argument("--out", default=argparse.SUPPRESS,
+                        help="run folder (default: runs/<algo>-<scenario>-<backend>-<time>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _config_from(args):
+def _given_options(args) -> dict:
+    """The TrainConfig fields given on the command line (the rest keep TrainConfig's defaults)."""
     import dataclasses
 
-    from fastmarl.training import TrainConfig
+    from fastmarl.training.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _flag_of(name: str) -> str:
+    for flag, field, *_ in _TRAIN_OPTIONS + _TRAIN_SWITCHES:
+        if field == name:
+            return flag
+    return "--" + name.replace("_", "-")
 
 
 def _validated_config(args, command: str):
-    """The run's TrainConfig, or None after printing why it is invalid (exit code 2)."""
-    from fastmarl.training import validate
+    """The run's TrainConfig, or an error line (exit code 2) when it is invalid."""
+    from fastmarl.training.config import RunError, TrainConfig, validate
 
-    config = _config_from(args)
+    config = TrainConfig(**_given_options(args))
     try:
         validate(config)
-    except ValueError as err:
-        print(f"fastmarl {command}: error: {err}", file=sys.stderr)
-        return None
-    return config
+    except RunError as err:
+        return None, _fail(command, str(err))
+    return config, 0
 
 
 def _train(args) -> int:
+    given = _given_options(args)
+    out = getattr(args, "out", None)
+    if args.resume is None:
+        if args.resume_iters is not None:
+            return _fail("train", "--resume-iters needs --resume RUN_FOLDER (a new run takes --iters)")
+    else:
+        conflicting = [_flag_of(name) for name in given] + (["--out"] if out is not None else [])
+        if conflicting:
+            return _fail("train", f"{', '.join(conflicting)} cannot be combined with --resume: a resumed run keeps "
+                                  f"the configuration in its checkpoint (extend it with --resume-iters N)")
+    missing = _missing_extra("train")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    from fastmarl.training import RunError
+
+    if args.resume is None:
+        config, code = _validated_config(args, "train")
+        if config is None:
+            return code
+    _quiet_torchrl()
     from fastmarl.training import train
     from fastmarl.training.run import phase_table
 
-    if args.resume:
-        result = train(resume=args.resume, iters=args.resume_iters, progress=not args.no_progress)
-    else:
-        config = _validated_config(args, "train")
-        if config is None:
-            return 2
-        result = train(config, out=args.out, progress=not args.no_progress)
+    try:
+        if args.resume is not None:
+            result = train(resume=args.resume, iters=args.resume_iters, progress=not args.no_progress)
+        else:
+            result = train(config, out=out, progress=not args.no_progress)
+    except RunError as err:
+        return _fail("train", str(err))
     rows = result["metrics"]
     print(f"run folder: {result['run_dir']}")
     print("mean episode reward per iteration: " + ", ".join(f"{r['episode_reward_mean']:.3f}" for r in rows))
@@ -193,12 +283,17 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
+    missing = _missing_extra("compare")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    config, code = _validated_config(args, "compare")
+    if config is None:
+        return code
+    _quiet_torchrl()
     from fastmarl.training import compare
 
-    config = _validated_config(args, "compare")
-    if config is None:
-        return 2
-    result = compare(config, out=args.out, progress=not args.no_progress)
+    result = compare(config, out=getattr(args, "out", None), progress=not args.no_progress)
     print(f"run folder: {result['run_dir']}")
     print(result["table"])
     return 0
@@ -207,37 +302,44 @@ def _compare(args) -> int:
 def _bench(args) -> int:
     from pathlib import Path
 
+    missing = _missing_extra("bench --json" if args.json else "bench")
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     from fastmarl import bench_report as B
 
     paths = list(args.json or [])
+    out = Path(args.out)
     if not paths:
         bench_dir = B.find_bench_dir()
         if bench_dir is None:
-            print("fastmarl bench: error: no bench/ folder here (run from a source checkout) and no --json given",
-                  file=sys.stderr)
-            return 2
-        out = Path(args.out)
+            return _fail("bench", "no bench/ folder here (run from a source checkout) and no --json given")
         out.mkdir(parents=True, exist_ok=True)
         json_path = out / "bench.json"
-        code = B.run_suite(bench_dir, json_path, args.device, args.sizes, args.select)
+        code = B.run_suite(bench_dir, json_path, args.device, args.sizes, args.select, verbose=args.verbose)
         if code != 0:
             print(f"fastmarl bench: the benchmark suite failed (pytest exit code {code})", file=sys.stderr)
             return 1
         paths = [json_path]
+    missing_files = [p for p in paths + list(args.compare or []) + ([args.training] if args.training else [])
+                     if not Path(p).is_file()]
+    if missing_files:
+        return _fail("bench", f"no such file: {', '.join(map(str, missing_files))}")
     rows = B.load_results(paths)
     if not rows:
-        print("fastmarl bench: error: no benchmark with timings in " + ", ".join(map(str, paths)), file=sys.stderr)
-        return 2
-    text = B.report(rows)
-    print(text)
-    out = Path(args.out)
+        return _fail("bench", "no benchmark with timings in " + ", ".join(map(str, paths)))
+    print(B.report(rows) if args.verbose else B.compact(rows))
     out.mkdir(parents=True, exist_ok=True)
     from fastmarl.training.run import atomic_write_text
 
-    atomic_write_text(out / "report.txt", text)
+    atomic_write_text(out / "report.txt", B.report(rows))
     atomic_write_text(out / "report.md", B.markdown(rows))
-    B.chart(rows, out / "speedups.png")
-    print(f"report: {out / 'report.txt'} (table: {out / 'report.md'}), chart: {out / 'speedups.png'}")
+    charts = [out / "speedups.png"]
+    B.headline_chart(rows, charts[0])
+    if args.training:
+        charts.append(out / "training.png")
+        B.training_chart(args.training, charts[1])
+    print(f"report: {out / 'report.txt'} (table: {out / 'report.md'}), chart(s): {', '.join(map(str, charts))}")
     if args.compare:
         found = B.regressions(rows, B.load_results(args.compare), args.threshold)
         if found:
@@ -251,39 +353,76 @@ def _bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmarl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train MAPPO / IPPO / QMIX on VMAS (the seed tutorial by default)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,bench,demo}")
+    train = sub.add_parser(
+        "train", help="train MAPPO / IPPO / QMIX on VMAS (the seed tutorial by default)",
+        description="Train MAPPO / IPPO (the seed tutorial's settings by default) or QMIX on a VMAS scenario, "
+                    "writing a run folder: metrics.csv/json, reward.png, config.json, phases.txt/json, checkpoint.pt.")
     _add_train_options(train)
-    train.add_argument("--resume", default=None, help="continue the run in this folder (its config is used)")
-    train.add_argument("--resume-iters", type=int, default=None, help="with --resume: train up to this many iterations")
+    train.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                       help="continue the run in this folder with the configuration saved in its checkpoint "
+                            "(no other training option may be given)")
+    train.add_argument("--resume-iters", type=_positive_int, default=None, metavar="N",
+                       help="with --resume: train up to N iterations in all (default: the run's --iters)")
     train.set_defaults(func=_train)
-    compare = sub.add_parser("compare", help="the same run with TorchRL's and fastmarl's losses, side by side")
+    compare = sub.add_parser(
+        "compare", help="the same run with TorchRL's and fastmarl's losses, taking turns minibatch by minibatch",
+        description="Run the same configuration with TorchRL's and fastmarl's losses in one process, the two "
+                    "taking turns minibatch by minibatch; print rewards side by side, seconds per phase and the "
+                    "median speed-up per round and per iteration with their spread.")
     _add_train_options(compare, backend=False)
     compare.set_defaults(func=_compare)
-    bench = sub.add_parser("bench", help="run or read the benchmarks; report, chart, compare")
-    bench.add_argument("--json", nargs="+", default=None, help="read these pytest-benchmark JSON files instead of running")
-    bench.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    bench.add_argument("--sizes", default=None, help="comma-separated size names (default: all but tiny)")
+    bench = sub.add_parser(
+        "bench", help="run or read the benchmarks: compact table, headline chart, regression check",
+        description="Run the pytest-benchmark suites in bench/ (or read saved JSON) and print fastmarl's "
+                    "median against each peer's with the speed-up; write report.txt (every provider), "
+                    "report.md and speedups.png.")
+    bench.add_argument("--json", nargs="+", default=None, metavar="FILE",
+                       help="read these pytest-benchmark JSON files instead of running the suites")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                       help="device to benchmark on (default: cuda when available, else cpu)")
+    bench.add_argument("--sizes", default=None,
+                       help="comma-separated size names, the same in every suite: tiny, tutorial, benchmarl, large, "
+                            "long (or a suite's own, e.g. B4096-n8); default: all but tiny")
     bench.add_argument("--select", default=None, help="pytest -k expression, e.g. 'gae or ppo_math'")
-    bench.add_argument("--compare", nargs="+", default=None, help="saved JSON to compare against")
-    bench.add_argument("--threshold", type=float, default=0.10, help="regression threshold (default 0.10 = 10%%)")
-    bench.add_argument("--out", default="bench-report", help="folder for bench.json, report.txt, report.md, speedups.png")
+    bench.add_argument("--verbose", action="store_true",
+                       help="print every provider's table and pytest-benchmark's raw tables")
+    bench.add_argument("--training", default=None, metavar="COMPARISON_JSON",
+                       help="also draw training.png from a `fastmarl compare` comparison.json")
+    bench.add_argument("--compare", nargs="+", default=None, metavar="OLD_JSON",
+                       help="saved JSON to compare against: exit 1 on a regression")
+    bench.add_argument("--threshold", type=float, default=0.10,
+                       help="regression threshold (default: 0.10, i.e. 10%%)")
+    bench.add_argument("--out", default="bench-report",
+                       help="folder for bench.json, report.txt, report.md, speedups.png (default: bench-report)")
     bench.set_defaults(func=_bench)
-    demo = sub.add_parser("demo", help="GAE on a VMAS rollout: TorchRL vs fastmarl")
-    demo.add_argument("--scenario", default="navigation")
-    demo.add_argument("--envs", type=_positive_int, default=60)
-    demo.add_argument("--steps", type=_positive_int, default=100)
-    demo.add_argument("--agents", type=_positive_int, default=3)
-    demo.add_argument("--repeats", type=_positive_int, default=50)
-    demo.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo", help="GAE on a VMAS rollout: TorchRL vs fastmarl",
+        description="Collect a random-policy VMAS rollout, compute multi-agent GAE with TorchRL's MultiAgentGAE "
+                    "and fastmarl's on the same TensorDict, and print the largest difference and the times.")
+    demo.add_argument("--scenario", default="navigation", help="VMAS scenario (default: %(default)s)")
+    demo.add_argument("--envs", type=_positive_int, default=60, help="vectorised environments (default: %(default)s)")
+    demo.add_argument("--steps", type=_positive_int, default=100, help="rollout steps (default: %(default)s)")
+    demo.add_argument("--agents", type=_positive_int, default=3, help="agents (default: %(default)s)")
+    demo.add_argument("--repeats", type=_positive_int, default=50,
+                      help="timed calls per estimator, after 3 warm-up calls (default: %(default)s)")
+    demo.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The output went to a program that stopped reading (`| head`): no traceback, and no
+        # second error when Python flushes stdout at exit (the recipe of Python's signal docs).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

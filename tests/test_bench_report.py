@@ -83,3 +83,98 @@ def test_interleaved_ab_script_runs_and_writes_json(tmp_path):
     assert all(r["rounds"] == 2 and r["median"]["fastmarl"] > 0 and r["median"]["torchrl"] > 0 for r in rows)
     bad = subprocess.run([sys.executable, str(script), "nope:tiny"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown case 'nope'" in bad.stderr
+
+
+# ---- shared size names, compact table, headline chart, training chart -------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+COMMITTED = sorted((ROOT / "bench" / "results").glob("*-cpu-2026-11-21.json"))
+COMMITTED = [p for p in COMMITTED if not p.name.startswith("interleaved")]
+
+
+def _collect(*args):
+    return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_bench_sizes_are_shared_across_suites():
+    result = _collect("--bench-sizes", "tutorial")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ids = result.stdout
+    # Every suite collects the shared name; QMIX maps it onto its own grid.
+    assert "bench_gae.py::test_gae[tutorial-fastmarl]" in ids
+    assert "bench_ppo.py::test_ppo_loss[tutorial-fastmarl]" in ids
+    assert "bench_qmix.py::test_qmix_loss[B32-n3-fastmarl]" in ids
+    assert "bench_update.py::test_qmix_update[tutorial-fastmarl]" in ids
+    # A name only one suite has is a skip with a reason elsewhere, not an error.
+    long = _collect("--bench-sizes", "long", "-rs")
+    assert long.returncode == 0 and "bench_gae.py::test_gae[long-fastmarl]" in long.stdout
+    run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench" / "bench_ppo.py"), "-q", "-rs",
+                          "-p", "no:cacheprovider", "--bench-sizes", "long", "--benchmark-disable", "-k", "ppo_math"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "bench_ppo.py has no size 'long'" in run.stdout
+
+
+def test_unknown_bench_size_is_one_clear_error():
+    result = _collect("--bench-sizes", "tutorial,huge")
+    assert result.returncode != 0
+    assert "--bench-sizes: unknown size(s) ['huge']" in result.stdout + result.stderr
+    assert "B4096-n8" in result.stdout + result.stderr  # the known names are listed
+
+
+def test_shared_size_names_map_qmix_sizes():
+    assert B.shared_size("qmix_loss", "B4096-n8") == "benchmarl"
+    assert B.shared_size("qmix_fwd-bwd", "B32-n3") == "tutorial"
+    assert B.shared_size("qmix_loss", "B4096-n32") == "B4096-n32"
+    assert B.shared_size("gae", "long") == "long"
+
+
+def test_compact_table_one_row_per_op_and_size(tmp_path):
+    path = _write(tmp_path / "a.json", {
+        ("gae-tutorial-cpu", "torchrl_loop"): 4e-3, ("gae-tutorial-cpu", "torchrl_vectorized"): 9e-3,
+        ("gae-tutorial-cpu", "fastmarl"): 1e-3, ("gae-tutorial-cpu", "torchrl_loop_compiled"): 2e-3,
+        ("gae-tutorial-cpu", "fastmarl_compiled"): 4e-3, ("gae-tutorial-cpu", "copy"): 1e-4,
+    })
+    data = json.loads(path.read_text())
+    for bench in data["benchmarks"]:
+        bench["extra_info"].update(op="gae", size="tutorial")
+    path.write_text(json.dumps(data))
+    lines = B.compact(B.load_results([path])).splitlines()
+    row = next(line for line in lines if line.startswith("gae"))
+    # fastest eager TorchRL (the loop, not the vectorised path) and the compiled pair.
+    assert row.split() == ["gae", "tutorial", "1.000", "ms", "4.000", "ms", "4.00x", "4.000", "ms", "2.000", "ms",
+                           "0.50x"]
+    assert sum(line.startswith("gae") for line in lines) == 1
+
+
+def test_headline_chart_of_the_committed_results(tmp_path):
+    rows = B.load_results(COMMITTED)
+    cats = B.headline(rows)
+    assert 1 <= len(cats) <= 10  # at most 20 bars
+    bars = sum(c[m] is not None for c in cats for m in ("eager", "compiled"))
+    assert bars <= 20
+    assert {c["op"] for c in cats} >= {"gae", "ppo_loss", "qmix_loss", "update_ppo"}
+    gae = next(c for c in cats if c["op"] == "gae" and c["size"] == "tutorial")
+    # report.md's figure: TorchRL's loop 3.105 ms against fastmarl's 1.994 ms.
+    assert gae["eager"] == __import__("pytest").approx(3.105 / 1.994, rel=1e-3)
+    B.headline_chart(rows, tmp_path / "speedups.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "speedups.png") as image:
+        width, height = image.size
+    assert width <= 1400 and height <= 800  # one screen, not 880x3498
+
+
+def test_training_chart_from_a_comparison(tmp_path):
+    comparison = {
+        "config": {"algo": "mappo", "scenario": "navigation", "frames_per_batch": 6000, "epochs": 30, "seed": 0},
+        "device_name": "TestCPU", "torch": "2.x", "date": "2026-11-30",
+        "speedup": {"iteration": {"median": 1.1, "q1": 1.05, "q3": 1.2, "min": 1.0, "max": 1.3, "n": 3}},
+        "torchrl": {"rewards": [-0.5, 0.1, 0.8], "seconds": [11, 10, 10]},
+        "fastmarl": {"rewards": [-0.5, 0.1, 0.8], "seconds": [10, 9, 9]},
+    }
+    path = tmp_path / "comparison.json"
+    path.write_text(json.dumps(comparison))
+    B.training_chart(path, tmp_path / "training.png")
+    assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"

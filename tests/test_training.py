@@ -72,16 +72,123 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert [r["iteration"] for r in result["metrics"]] == [1, 2]
     assert result["metrics"][0] == saved["metrics"][0]
     assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 2
-    with pytest.raises(ValueError, match="already has 2 iterations"):
+    with pytest.raises(ValueError, match=r"the run is complete \(2 of 2 iterations\)"):
         train(resume=run, progress=False)
 
 
-def test_compare_writes_both_backends_side_by_side(tmp_path):
-    result = compare(tiny(iters=1), out=tmp_path / "cmp", progress=False)
+def _flat(tree, prefix=""):
+    """Nested dicts/lists of a checkpoint's trainer state as ``{path: leaf}``."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, value in enumerate(tree) for k, v in _flat(value, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
+def _assert_same_state(a, b):
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+        if isinstance(fa[key], torch.Tensor):
+            assert torch.equal(fa[key], fb[key]), key
+        else:
+            assert fa[key] == fb[key], key
+
+
+# QMIX: a buffer smaller than the frames of the run wraps around, so the write cursor matters;
+# PPO: 60 frames in minibatches of 25 leave a partial permutation in the sampler between iterations.
+@pytest.mark.parametrize("algo,change", [
+    ("mappo", dict(minibatch=25)),
+    ("ippo", dict()),
+    ("qmix", dict(buffer_size=100, minibatch=25)),
+])
+def test_resume_is_exact(tmp_path, algo, change):
+    """N iterations in one run == N/2, then --resume to N: identical metrics and parameters."""
+    config = tiny(algo, iters=4, **change)
+    whole = train(config, out=tmp_path / "whole", progress=False)
+    train(dataclasses.replace(config, iters=2), out=tmp_path / "halves", progress=False)
+    resumed = train(resume=tmp_path / "halves", iters=4, progress=False)
+    assert _without_timing(whole["metrics"]) == _without_timing(resumed["metrics"])
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("whole", "halves"))
+    _assert_same_state(a["trainer"], b["trainer"])
+    _assert_same_state(a["rng"], b["rng"])
+    # Not a vacuous check: the parameters moved and the rewards changed over the run.
+    assert len({row["episode_reward_mean"] for row in whole["metrics"]}) > 1
+
+
+def test_qmix_checkpoint_holds_the_replay_buffer_unless_told_not_to(tmp_path):
+    config = tiny("qmix", iters=2, buffer_size=100)
+    train(config, out=tmp_path / "with", progress=False)
+    state = load_checkpoint(tmp_path / "with" / "checkpoint.pt")["trainer"]
+    # 2 iterations x 60 frames into a buffer of 100: full, the cursor 20 rows past the start.
+    assert state["buffer"]["length"] == 100 and state["buffer"]["writer"]["_cursor"] == 20
+    rows = state["buffer"]["rows"]
+    assert rows["agents"]["observation"].shape[0] == 100 and set(rows) >= {"agents", "next", "state"}
+    train(dataclasses.replace(config, save_buffer=False), out=tmp_path / "without", progress=False)
+    assert "buffer" not in load_checkpoint(tmp_path / "without" / "checkpoint.pt")["trainer"]
+    # Only the filled rows are saved (not the preallocated capacity, nor a view's whole storage):
+    # 120 frames of the 894 bytes QMixerLoss reads, whatever --buffer-size.
+    sizes = {}
+    for save in (True, False):
+        folder = tmp_path / f"big-{save}"
+        train(dataclasses.replace(config, buffer_size=20_000, save_buffer=save), out=folder, progress=False)
+        sizes[save] = (folder / "checkpoint.pt").stat().st_size
+    assert 120 * 894 <= sizes[True] - sizes[False] <= 120 * 894 + 20_000, sizes
+    # Without the buffer the resumed run starts from an empty buffer: no longer the same run.
+    whole = train(dataclasses.replace(config, iters=3, save_buffer=False), out=tmp_path / "whole", progress=False)
+    resumed = train(resume=tmp_path / "without", iters=3, progress=False)
+    assert _without_timing(whole["metrics"])[:2] == _without_timing(resumed["metrics"])[:2]
+    assert _without_timing(whole["metrics"])[2] != _without_timing(resumed["metrics"])[2]
+
+
+def test_qmix_exploration_anneals_over_fixed_frames_whatever_the_run_length(tmp_path):
+    # The ε each batch was collected with: it falls by 60 frames of the 240 it anneals over per
+    # iteration, in a 2-iteration run as in a 5-iteration one.
+    short = train(tiny("qmix", iters=2, eps_anneal_frames=240), out=tmp_path / "short", progress=False)
+    long = train(tiny("qmix", iters=5, eps_anneal_frames=240), out=tmp_path / "long", progress=False)
+    expected = [1.0 - 0.95 * min(1.0, 60 * i / 240) for i in range(5)]
+    assert [r["epsilon"] for r in short["metrics"]] == pytest.approx(expected[:2], abs=1e-5)
+    assert [r["epsilon"] for r in long["metrics"]] == pytest.approx(expected, abs=1e-5)
+
+
+def test_config_json_names_the_action_space(tmp_path):
+    train(tiny("mappo", iters=1), out=tmp_path / "ppo", progress=False)
+    train(tiny("qmix", iters=1), out=tmp_path / "qmix", progress=False)
+    assert json.loads((tmp_path / "ppo" / "config.json").read_text())["continuous_actions"] is True
+    assert json.loads((tmp_path / "qmix" / "config.json").read_text())["continuous_actions"] is False
+    # Derived fields are written for the reader and ignored when read back.
+    data = json.loads((tmp_path / "ppo" / "config.json").read_text())
+    assert TrainConfig.from_dict(data) == tiny("mappo", iters=1)
+
+
+@pytest.mark.parametrize("algo", ["mappo", "qmix"])
+def test_compare_alternates_without_changing_either_run(tmp_path, algo):
+    """The backends take turns in one process, each with its own RNG stream: each one's metrics
+    are those of a run on its own, and they see the same data (same first-iteration rewards)."""
+    config = tiny(algo, iters=2)
+    result = compare(config, out=tmp_path / "cmp", progress=False)
     for name in ("reward.png", "comparison.txt", "comparison.json"):
         assert (tmp_path / "cmp" / name).is_file()
-    assert (tmp_path / "cmp" / "torchrl" / "metrics.json").is_file()
-    assert "torchrl" in result["table"] and "fastmarl" in result["table"] and "speed-up" in result["table"]
+    for backend in ("torchrl", "fastmarl"):
+        alone = train(dataclasses.replace(config, backend=backend), out=tmp_path / backend, progress=False)
+        assert _without_timing(result["results"][backend]["metrics"]) == _without_timing(alone["metrics"])
+    rows = {b: result["results"][b]["metrics"] for b in ("torchrl", "fastmarl")}
+    assert rows["torchrl"][0]["episode_reward_mean"] == rows["fastmarl"][0]["episode_reward_mean"]
+    speedup = result["speedup"]
+    assert speedup["iteration"]["n"] == 2 and speedup["iteration"]["min"] <= speedup["iteration"]["median"]
+    # The runs hand over after every minibatch step: a round is one step of each; the first step of
+    # an iteration shares its turn with the collection and is left out of the per-round ratios.
+    steps = 3 if algo == "qmix" else (60 // 20) * 2
+    assert len(result["results"]["torchrl"]["slices"]) == len(result["results"]["fastmarl"]["slices"]) == 2 * steps
+    assert speedup["round"]["n"] == 2 * (steps - 1) and len(speedup["round_by_iteration"]) == 2
+    assert "per minibatch round" in result["table"] and "interquartile" in result["table"]
+    # Each run's seconds exclude the other run's turns.
+    for backend in ("torchrl", "fastmarl"):
+        for row in result["results"][backend]["metrics"]:
+            assert row["seconds"] >= sum(v for k, v in row.items() if k.startswith("time_")) * 0.99
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["speedup"]["iteration"]["median"] == pytest.approx(speedup["iteration"]["median"])
+    assert len(saved["fastmarl"]["seconds"]) == 2 and saved["config"]["algo"] == algo
 
 
 @pytest.mark.parametrize(

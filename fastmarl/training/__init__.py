@@ -1,6 +1,17 @@
-"""``fastmarl train`` and ``fastmarl compare``: MAPPO / IPPO / QMIX on VMAS, timed, resumable."""
+"""``fastmarl train`` and ``fastmarl compare``: MAPPO / IPPO / QMIX on VMAS, timed, resumable.
 
-from fastmarl.training.config import TrainConfig, validate
-from fastmarl.training.driver import compare, train
+``TrainConfig``, ``validate`` and ``RunError`` import without torch (the CLI builds its help
+from them); ``train`` and ``compare`` load the trainers on first use.
+"""
 
-__all__ = ["TrainConfig", "compare", "train", "validate"]
+from fastmarl.training.config import RunError, TrainConfig, validate
+
+__all__ = ["RunError", "TrainConfig", "compare", "train", "validate"]
+
+
+def __getattr__(name: str):
+    if name in ("train", "compare"):
+        from fastmarl.training import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'fastmarl.training' has no attribute {name!r}")

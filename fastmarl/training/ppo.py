@@ -123,6 +123,11 @@ class CollectingTrainer:
             self.env, self.policy, device=self.config.device, storing_device=self.config.device,
             frames_per_batch=self.config.frames_per_batch,
             total_frames=self.config.frames_per_batch * remaining_iters,
+            # Every iteration starts from fresh resets, so that the environments' state at an
+            # iteration boundary is a function of the RNG state alone: a checkpoint (weights,
+            # optimiser, buffers, RNG) then resumes exactly. With the default frames_per_batch =
+            # num_envs x max_steps every episode ends at the boundary anyway.
+            reset_at_each_iter=True,
             # The MLP policies need no InitTracker; opt out of TorchRL 0.15's auto-registration.
             auto_register_policy_transforms=False,
         )
@@ -144,7 +149,12 @@ class CollectingTrainer:
         return {name: part.state_dict() for name, part in self._checkpointed().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        for name, part in self._checkpointed().items():
+        """Load a ``state_dict()``; a ``KeyError`` names the first missing part."""
+        parts = self._checkpointed()
+        missing = [name for name in parts if name not in state]
+        if missing:
+            raise KeyError(f"no state for {missing}")
+        for name, part in parts.items():
             part.load_state_dict(state[name])
 
 
@@ -158,7 +168,7 @@ class PPOTrainer(CollectingTrainer):
         self.config = config
         self.timer = timer
         torch.manual_seed(config.seed)
-        self.env = make_env(config, continuous_actions=True)
+        self.env = make_env(config, continuous_actions=config.continuous_actions)
         self.policy, self.critic = make_networks(config, self.env)
         ClipPPOLoss, ValueEstimators = loss_imports(config.backend)
         self.loss = ClipPPOLoss(
@@ -179,7 +189,9 @@ class PPOTrainer(CollectingTrainer):
         self.update = make_update_step(config, self.loss, self.optim, list(LOSS_KEYS))
 
     def _checkpointed(self) -> dict:
-        return {"policy": self.policy, "critic": self.critic, "optim": self.optim}
+        # The sampler holds the permutation drawn after the last minibatch (it draws the next
+        # one as soon as one runs out): the next iteration's first epoch uses it.
+        return {"policy": self.policy, "critic": self.critic, "optim": self.optim, "sampler": self.buffer.sampler}
 
     def step(self) -> dict:
         config, timer = self.config, self.timer

@@ -49,6 +49,33 @@ def add_team_signals(data, n_agents: int):
     return data
 
 
+class ReplayRows:
+    """A replay buffer's filled rows and write cursor as a ``state_dict`` of plain tensors
+    (``torch.load(weights_only=True)`` reads it). ``ReplayBuffer.state_dict()`` would hold the
+    whole preallocated storage: 100,000 rows at the default ``buffer_size`` where a 10-iteration
+    run fills 60,000. The sampler (uniform, drawn from the global RNG) has no state."""
+
+    def __init__(self, buffer: ReplayBuffer, device):
+        self.buffer = buffer
+        self.device = device
+
+    def state_dict(self) -> dict:
+        # clone(): the rows are a view of the preallocated storage, and torch.save writes a
+        # view's whole underlying storage (90 MB after one iteration instead of 5.4 MB).
+        rows = self.buffer[: len(self.buffer)].clone() if len(self.buffer) else None
+        return {"rows": rows.to_dict() if rows is not None else {}, "length": len(self.buffer),
+                "writer": self.buffer.writer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from tensordict import TensorDict
+
+        self.buffer.empty()
+        if state["length"]:
+            rows = TensorDict(state["rows"], batch_size=[state["length"]])
+            self.buffer.extend(rows.to(self.device))
+        self.buffer.writer.load_state_dict(state["writer"])
+
+
 class QMIXTrainer(CollectingTrainer):
     """State of one QMIX run; ``step()`` collects one batch and runs the updates."""
 
@@ -56,7 +83,7 @@ class QMIXTrainer(CollectingTrainer):
         self.config = config
         self.timer = timer
         torch.manual_seed(config.seed)
-        self.env = make_env(config, continuous_actions=False)
+        self.env = make_env(config, continuous_actions=config.continuous_actions)
         env = self.env
         n_obs = env.observation_spec["agents", "observation"].shape[-1]
         action_spec = env.full_action_spec_unbatched[env.action_key]
@@ -74,10 +101,8 @@ class QMIXTrainer(CollectingTrainer):
             spec=env.full_action_spec_unbatched, action_space=None,
         )
         self.qnet = SafeSequential(q_net, value_module)
-        total_frames = config.frames_per_batch * config.iters
         self.explore = EGreedyModule(
-            eps_init=config.eps_start, eps_end=config.eps_end,
-            annealing_num_steps=max(1, int(total_frames * config.eps_decay_frac)),
+            eps_init=config.eps_start, eps_end=config.eps_end, annealing_num_steps=config.eps_anneal_frames,
             action_key=env.action_key, spec=env.full_action_spec_unbatched,
         )
         self.policy = TensorDictSequential(self.qnet, self.explore)
@@ -100,14 +125,20 @@ class QMIXTrainer(CollectingTrainer):
         self.update = make_update_step(config, self.loss, self.optim, ["loss"], after_step=self.target_updater.step)
 
     def _checkpointed(self) -> dict:
-        return {"loss": self.loss, "optim": self.optim, "explore": self.explore}
+        parts = {"loss": self.loss, "optim": self.optim, "explore": self.explore}
+        if self.config.save_buffer:
+            parts["buffer"] = ReplayRows(self.buffer, self.config.device)
+        return parts
 
     def step(self) -> dict:
         config, timer = self.config, self.timer
         start = time.perf_counter()
         data = self.collect()
         add_team_signals(data, self.env.n_agents)
-        self.buffer.extend(data.reshape(-1))
+        # Only what QMixerLoss reads: 894 of the 1,132 bytes a frame on Navigation with 3 agents.
+        self.buffer.extend(data.select(*self.loss.in_keys).reshape(-1))
+        # The ε this batch was collected with (the metric), then anneal by the frames collected.
+        epsilon = float(self.explore.eps)
         self.explore.step(data.numel())
         losses = []
         for _ in range(config.qmix_updates_per_iter):
@@ -137,6 +168,6 @@ class QMIXTrainer(CollectingTrainer):
             "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
             "episodes": int(done.sum().item()),
             "loss": losses.mean().item(), "first_loss": losses[0].item(),
-            "epsilon": float(self.explore.eps),
+            "epsilon": epsilon,
             "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
         }

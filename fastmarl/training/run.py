@@ -1,7 +1,8 @@
 """The run folder: metrics, reward curve, configuration, phase timings, checkpoint.
 
-Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so
-a crash never leaves a half-written checkpoint or metrics file behind.
+Every file is written atomically (a temporary file ``.<name>.<random>.tmp`` in the same folder,
+then ``os.replace``), so a crash never leaves a half-written checkpoint or metrics file behind;
+a temporary file left by a killed process is removed when the next run opens the folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 import torch
 
 CHECKPOINT = "checkpoint.pt"
-PHASES = ("collection", "gae", "loss_forward", "backward", "optimizer", "compile", "update")
+# Phases of an iteration, in the order they run: ``sample`` is drawing the minibatch from the
+# replay buffer (PPO: a slice of a random permutation; QMIX: uniform indices), a copy of
+# ``minibatch`` frames.
+# ``compile`` is the first (compiling) call of a compiled update step, ``update`` the later
+# calls of one (forward, backward and optimizer in one graph: no split between them).
+PHASES = ("collection", "gae", "sample", "loss_forward", "backward", "optimizer", "compile", "update")
+# The files a run folder holds (all written through ``atomic_write_bytes``).
+RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "reward.png", "phases.txt", "phases.json", CHECKPOINT)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -103,12 +111,26 @@ def phase_table(totals: dict[str, float], iterations: int) -> str:
     return "\n".join(lines)
 
 
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files of ``atomic_write_bytes`` for the run files, left by a killed process."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for name in RUN_FILES for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+
+
 class RunFolder:
-    """Writes a run's files as training goes (each one atomically)."""
+    """Writes a run's files as training goes (each one atomically).
+
+    Creating it makes the folder and removes stale temporary files: call it only once the run
+    is known to start (options and checkpoint checked), so that a refused run writes nothing.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        for stale in stale_temporaries(self.path):
+            stale.unlink(missing_ok=True)
 
     @property
     def checkpoint(self) -> Path:
