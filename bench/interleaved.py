@@ -321,7 +321,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (1 keeps OpenMP from spinning against other "
                              "processes on a shared machine; default: torch's)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the cells' case names and exit (tests/test_readme.py)")
     args = parser.parse_args(argv)
+    for cell in args.cells:
+        case = cell.partition(":")[0]
+        if case not in CASES:
+            parser.error(f"unknown case {case!r}; known: {sorted(CASES)}")
+    if args.dry_run:
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = []
@@ -329,14 +337,13 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore")  # TorchRL's no-target-updater warning, every call
         for cell in args.cells:
             case, _, size = cell.partition(":")
-            if case not in CASES:
-                parser.error(f"unknown case {case!r}; known: {sorted(CASES)}")
             torch.manual_seed(0)
             steps = CASES[case](size)
             compile_seconds = None
             if isinstance(steps, tuple):
                 steps, compile_seconds = steps
-            row = {"case": case, "size": size, **measure(steps, args.rounds, args.warmup)}
+            row = {"case": case, "size": size, "busy_neighbour_threads": args.busy,
+                   **measure(steps, args.rounds, args.warmup)}
             if compile_seconds is not None:
                 row["compile_seconds"] = compile_seconds
             results.append(row)

@@ -4,6 +4,7 @@ figures and phase names exist."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -48,11 +49,37 @@ def shell_commands(text: str) -> list[str]:
 
 def plan(command: str) -> tuple[str, list[str] | None]:
     """``(why, argv)``: what the test runs for a README command (argv None: not run here)."""
-    if command.startswith("pip install"):
-        # Installs need the network; .ci/run runs the README's test command on a fresh machine and
-        # tests/test_package.py checks that the two are the same.
+    # Installs need the network; .ci/run runs the README's test command on a fresh machine and
+    # tests/test_package.py checks that the two are the same. What follows an install runs.
+    rest = [part.strip() for part in command.split("&&") if not part.strip().startswith("pip install")]
+    if not rest:
         return "install", None
-    argv = shlex.split(command)
+    if len(rest) > 1:
+        raise AssertionError(f"README command chains several commands after its installs: {command}")
+    argv = shlex.split(rest[0])
+    if argv[:3] == ["python", "-m", "pytest"]:
+        # The suite itself runs in CI; here its arguments are checked by collecting it.
+        keep = [a for a in argv[3:] if not a.startswith("--benchmark-json=")]
+        if "--benchmark-json" in keep:
+            i = keep.index("--benchmark-json")
+            keep = keep[:i] + keep[i + 2:]
+        keep = [str(ROOT / a) if (ROOT / a.split("::")[0]).exists() else a for a in keep]
+        return "pytest, collected", [sys.executable, "-m", "pytest", *keep, "--collect-only", "-q", "-p", "no:cacheprovider"]
+    if argv[:2] == ["python", "bench/interleaved.py"]:
+        return "interleaved A/B, cells checked", [sys.executable, str(ROOT / argv[1]), *argv[2:], "--dry-run"]
+    if argv[:3] == ["python", "-m", "fastmarl.integrations.benchmarl"]:
+        # Hydra composes the configuration (every override checked) and prints it; a sweep (-m)
+        # is composed per value of its swept option.
+        args = [a for a in argv[3:] if a not in ("-m", "--multirun")]
+        swept = [a for a in args if "=" in a and "," in a.split("=", 1)[1] and not a.split("=", 1)[1].startswith("[")]
+        if swept:
+            key, values = swept[0].split("=", 1)
+            args[args.index(swept[0])] = f"{key}={values.split(',')[-1]}"
+        return "benchmarl, config composed", [sys.executable, "-m", "fastmarl.integrations.benchmarl", *args, "--cfg", "job"]
+    if argv[:2] == ["python", "bench/benchmarl_fps.py"]:
+        keep = [a for a in argv[2:] if not a.startswith("--json")]
+        return "benchmarl fps, tiny", [sys.executable, str(ROOT / argv[1]), *keep, "--rounds", "1", "--frames", "120",
+                                       "--steps", "1"]
     if argv[:2] == ["fastmarl", "train"] and "--resume" in argv:
         i = argv.index("--resume-iters")
         return "resume", argv[: i + 1] + ["3"] + argv[i + 2:] + ["--no-progress"]
@@ -98,13 +125,16 @@ def test_readme_shell_commands_run(tmp_path):
         if argv is None or any(argv == done for _, done in planned):
             continue  # an install, or the same tiny command as one already run
         planned.append((command, argv))
-        argv = _fastmarl() + argv[1:]
+        if argv[0] == "fastmarl":
+            argv = _fastmarl() + argv[1:]
+        elif "benchmarl" in why and importlib.util.find_spec("benchmarl") is None:
+            continue  # the BenchMARL section's commands need BenchMARL (CI installs it)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
         assert result.returncode == 0, f"{command!r} ({why}) failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
         ran.append((command, result.stdout))
     outputs = dict(ran)
-    train = next(out for cmd, out in ran if cmd.startswith("fastmarl train --out"))
+    train = next(out for cmd, out in ran if "fastmarl train --out" in cmd)
     assert "mean episode reward per iteration" in train and "sample" in train
     bench = next(out for cmd, out in ran if cmd.startswith("fastmarl bench") and "--sizes" in cmd)
     assert "speed-up" in bench and "gae" in bench and "qmix_loss" in bench and "update_ppo" in bench
