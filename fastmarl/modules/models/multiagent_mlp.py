@@ -117,7 +117,7 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
                     else:
                         x = F.linear(x, weight, bias)
                 else:
-                    x = arg(x)
+                    x = _activation(arg, x, unfused)
             if self.centralized:  # [*B, out] -> [*B, A, out], the same output for every agent
                 x = x.unsqueeze(-2).expand(*x.shape[:-1], A, x.shape[-1])
             return x
@@ -126,7 +126,7 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
         first = True
         for kind, arg in layers:
             if kind != "linear":
-                x = arg(x)
+                x = _activation(arg, x, unfused)
                 continue
             weight = next(leaves)  # [A, out, in]
             bias = next(leaves) if arg else None  # [A, out]
@@ -155,6 +155,17 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
             first = False
         # [A, N, out] -> [*B, A, out] (a view)
         return x.reshape(A, *batch, x.shape[-1]).movedim(0, -2)
+
+
+def _activation(module: nn.Module, x: Tensor, compiling: bool) -> Tensor:
+    # Under torch.compile on the CPU, tanh as 2 sigmoid(2x) - 1: Inductor's CPU tanh is a scalar
+    # libm call per element, 12.4 ms for [16384, 256] fp32 on one thread of the CPU machine,
+    # against 1.2 ms for the sigmoid form (vectorised); the two differ by at most 1.8e-7 there,
+    # compiled code reassociates sums at that level anyway. Eager keeps TorchRL's nn.Tanh (its
+    # bits); on GPUs tanh is one instruction either way.
+    if compiling and type(module) is nn.Tanh and x.device.type == "cpu":
+        return 2 * torch.sigmoid(2 * x) - 1
+    return module(x)
 
 
 MultiAgentMLP.__init__.__signature__ = inspect.signature(_TorchRLMultiAgentMLP.__init__)
