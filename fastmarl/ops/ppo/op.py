@@ -271,9 +271,11 @@ def ppo_clip(
 def _critic_forward_cpu(value, target, old_value, clip_value, coeff, loss_type, reduction, residual=False):
     dtype = result_dtype(value, target)
     acc = accumulate_dtype(dtype, *(x.dtype for x in (old_value, clip_value, coeff) if x is not None))
+    # eps of the explained variance from the input dtype, not the accumulation one: TorchRL's
+    # (and the Triton kernel's) for half inputs.
     out = cpu.ppo_critic_forward(
         cast(value, acc), cast(target, acc), None if old_value is None else cast(old_value, acc),
-        clip_value, coeff, loss_type, reduction, residual=residual,
+        clip_value, coeff, loss_type, reduction, residual=residual, eps=torch.finfo(target.dtype).eps,
     )
     return (*(cast(x, dtype) for x in out[:3]), *out[3:])
 
