@@ -30,7 +30,8 @@ from torchrl.objectives.multiagent import MAPPOLoss as TorchRLMAPPOLoss
 
 from fastmarl.functional import clip_bounds, ppo_clip_loss, ppo_critic_loss
 from fastmarl.objectives import MAPPOLoss
-from fastmarl.reference import ppo_clip_reference, ppo_critic_reference
+from fastmarl.ops.ppo.naive import ppo_clip as ppo_clip_reference
+from fastmarl.ops.ppo.naive import ppo_critic as ppo_critic_reference
 
 SIZES = {"tiny": (64, 3), "tutorial": (400, 3), "benchmarl": (4096, 3), "large": (65536, 8)}
 PROVIDERS = ["torchrl", "torchrl_compiled", "fastmarl", "fastmarl_compiled"]

@@ -111,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of the paths to check (cpu: op,fused,composite"
                              "[,triton with --interpret]; cuda: auto)")
     parser.add_argument("--no-speed", action="store_true", help="correctness only")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="check the dtypes in this many processes at once (their Triton kernels "
+                             "compile in parallel: a GPU host has the cores)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -173,7 +176,10 @@ def run(args) -> int:
             return 2
         checker.only_paths = paths
     start = time.perf_counter()
-    results = checker.correctness()
+    if args.jobs > 1 and len(dtypes) * len(ops) > 1:
+        results = _correctness_in_processes(args, device, ops, dtypes)
+    else:
+        results = checker.correctness()
     speed = [] if args.no_speed else checker.speed()
     seconds = time.perf_counter() - start
     passed = all(r.passed for r in results) and all(r.passed for r in speed)
@@ -200,6 +206,45 @@ def run(args) -> int:
     return 0 if passed else 1
 
 
+def _correctness_in_processes(args, device: str, ops: list[str], dtypes: list[str]) -> list[Result]:
+    """The correctness checks, one process per (op, dtype), ``args.jobs`` at a time: each
+    compiles its own Triton kernels (the on-disk cache is shared), so a many-core GPU host
+    compiles the ~500 kernel specialisations of a full check in parallel. PPO's surrogate,
+    with the most specialisations, starts first."""
+    import json
+    import subprocess
+    import tempfile
+
+    units = sorted(((op, dtype) for op in ops for dtype in dtypes), key=lambda u: u[0] != "ppo_clip")
+    done: dict[tuple[str, str], list[Result]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        running: list[tuple[tuple[str, str], str, subprocess.Popen]] = []
+        while units or running:
+            while units and len(running) < args.jobs:
+                op, dtype = units.pop(0)
+                path = os.path.join(tmp, f"{op}-{dtype}.json")
+                child = argparse.Namespace(**{**vars(args), "ops": op, "dtypes": dtype, "no_speed": True,
+                                              "json": path, "device": device})
+                command = [sys.executable, "-m", "fastmarl", "check", *_argv(child)]
+                running.append(((op, dtype), path, subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+            # Collect whichever finishes first, so a slow unit does not hold a free slot.
+            while True:
+                finished = [r for r in running if r[2].poll() is not None]
+                if finished:
+                    break
+                time.sleep(0.05)
+            for unit, path, proc in finished:
+                running.remove((unit, path, proc))
+                output = proc.stdout.read()
+                if proc.returncode in (0, 1) and os.path.exists(path):
+                    done[unit] = [Result(**r) for r in json.loads(open(path).read())["results"]]
+                else:
+                    done[unit] = [Result(unit[0], unit[1], "-", "-", "-", math.inf, TOLERANCES[unit[1]], False,
+                                         0.0, "process", f"exit code {proc.returncode}: {output[-300:]}")]
+    return [r for op in ops for dtype in dtypes for r in done[(op, dtype)]]
+
+
 def _json_default(x):
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
@@ -223,7 +268,8 @@ def format_table(results: list[Result], speed: list[SpeedRow], header: str = "")
     line = "  ".join(f"{h:<{w}}" for h, w in zip(
         ("op", "dtype", "shape class (worst case)", "max rel err", "pass", "ms", "speed-up | paths"), width))
     rows = [header, line, "-" * len(line)] if header else [line, "-" * len(line)]
-    for (op, dtype), group in groups.items():
+    order = {name: i for i, name in enumerate((*OPS, *DTYPES))}
+    for (op, dtype), group in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), order.get(kv[0][1], 99))):
         worst = max(group, key=lambda r: (not r.passed, r.error / r.tolerance if math.isfinite(r.error) else math.inf))
         failed = sum(not r.passed for r in group)
         classes = len({r.shape_class for r in group})
@@ -777,12 +823,38 @@ class Checker:
     # -- speed
 
     def speed(self) -> list[SpeedRow]:
+        """The speed rows of the ops asked for (PPO's clip and critic time together)."""
         rows = []
         for op in self.ops:
-            method = getattr(self, f"_speed_{op}", None)
-            if method is not None:
-                rows += method()
+            for size in self.speed_sizes(op):
+                providers, error, note = self.providers(op, size, compiled=not (self.quick or self.mode == "interpret"))
+                ms = self._time(providers, self._rounds())
+                if op == "gae" and "copy" in providers:
+                    copy_ms = ms.pop("copy")
+                    note = (note + f" {gae_bytes(*size) / ms['fastmarl'] / 1e6:.0f} GB/s = "
+                            f"{copy_ms / ms['fastmarl']:.0%} of a copy").strip()
+                rows.append(SpeedRow(SPEED_NAMES[op], "float32", size_name(op, size), error,
+                                     error <= SPEED_TOLERANCE, ms, note))
         return rows
+
+    def speed_sizes(self, op: str) -> list[tuple[int, ...]]:
+        """The sizes timed for ``op`` here (none for ``ppo_critic`` and ``qmix2``: PPO's row
+        times clip and critic together, QMIX's the one-layer mixer)."""
+        cuda = self.mode == "cuda"
+        small = self.quick or self.mode == "interpret"
+        if op == "gae":
+            # [B, T, A]: the tutorial; on CUDA the bandwidth size and rl-triton's call size
+            return [(4096, 128, 1)] if cuda and small else [(4096, 512, 8), (4096, 128, 1)] if cuda else \
+                [(64, 32, 3)] if small else [(600, 100, 3)]
+        if op == "ppo_clip":
+            # [N, A]: BenchMARL's VMAS minibatch, and a large one
+            return [(4096, 3)] if cuda and small else [(4096, 3), (65536, 8)] if cuda else \
+                [(400, 3)] if small else [(4096, 3)]
+        if op == "qmix":
+            # (B, n): SMAC's 3m and 8m
+            return [(4096, 8)] if cuda and small else [(4096, 3), (4096, 8)] if cuda else \
+                [(256, 3)] if small else [(4096, 8)]
+        return []
 
     def _time(self, providers: dict[str, Callable], rounds: int, warmup: int = 3) -> dict[str, float]:
         """Median ms per provider, interleaved round by round (drift hits all alike)."""
@@ -804,145 +876,129 @@ class Checker:
             return 30 if self.quick else 100
         return 5 if self.quick else 20
 
-    def _compile(self, fn):
-        if self.quick or self.mode == "interpret":
-            return None
-        return self.torch.compile(fn)
+    def providers(self, op: str, size: tuple[int, ...], *, compiled: bool) -> tuple[dict, float, str]:
+        """``(providers, error, note)`` for one speed row: callables that run fastmarl
+        (``fastmarl``), TorchRL eager (``torchrl``) and, if ``compiled``, ``torch.compile`` of
+        TorchRL's math (``torchrl_compiled``; GAE also ``copy``, a copy of as many bytes on
+        CUDA), on the same float32 inputs; ``error`` compares fastmarl's results with TorchRL's.
+        Also what ``bench/gpu_targets.py`` times."""
+        return getattr(self, f"_providers_{op}")(*size, compiled=compiled)
 
-    def _speed_gae(self) -> list[SpeedRow]:
+    def _providers_gae(self, B, T, A, *, compiled):
         torch = self.torch
         from torchrl.objectives.value.functional import generalized_advantage_estimate as torchrl_gae
 
         from fastmarl.functional import generalized_advantage_estimate
 
-        sizes = [(600, 100, 3)] if self.mode != "cuda" else [(4096, 512, 8), (4096, 128, 1)]
-        if self.quick or self.mode == "interpret":
-            sizes = [(64, 32, 3)] if self.mode != "cuda" else [(4096, 128, 1)]
-        rows = []
-        for B, T, A in sizes:
-            d = self.device
-            value, next_value, reward = (torch.randn(B, T, A, 1, device=d) for _ in range(3))
-            done = torch.rand(B, T, 1, 1, device=d) < 0.02
-            terminated = done & (torch.rand(B, T, 1, 1, device=d) < 0.5)
-            flags = [x.expand(B, T, A, 1) for x in (done, terminated)]
-            args = (value, next_value, reward, *flags)
+        d = self.device
+        value, next_value, reward = (torch.randn(B, T, A, 1, device=d) for _ in range(3))
+        done = torch.rand(B, T, 1, 1, device=d) < 0.02
+        terminated = done & (torch.rand(B, T, 1, 1, device=d) < 0.5)
+        args = (value, next_value, reward, *(x.expand(B, T, A, 1) for x in (done, terminated)))
+        providers = {
+            "fastmarl": lambda: generalized_advantage_estimate(0.99, 0.95, *args, time_dim=1),
+            "torchrl": lambda: torchrl_gae(0.99, 0.95, *args, time_dim=1),
+        }
+        note = ""
+        # torch.compile of TorchRL's loop unrolls the T steps: more than 128 take minutes to
+        # compile (T=512 took minutes on the CPU machine), so longer rollouts have no compiled peer.
+        if compiled and T <= 128:
+            fn = torch.compile(torchrl_gae, fullgraph=True)
+            providers["torchrl_compiled"] = lambda: fn(0.99, 0.95, *args, time_dim=1)
+        elif compiled:
+            note = "(no compiled peer: T > 128)"
+        if d.type == "cuda":
+            # GAE's bytes (3 values in, 2 out, 2 bool flags) moved by a copy: half read, half written
+            src = torch.empty(gae_bytes(B, T, A) // 2, dtype=torch.uint8, device=d)
+            dst = torch.empty_like(src)
+            providers["copy"] = lambda: dst.copy_(src)
+        with torch.no_grad():
+            error = max(rel_error(a, e) for a, e in zip(providers["fastmarl"](), providers["torchrl"]()))
+        return providers, error, note
 
-            def ours():
-                return generalized_advantage_estimate(0.99, 0.95, *args, time_dim=1)
-
-            def theirs():
-                return torchrl_gae(0.99, 0.95, *args, time_dim=1)
-
-            providers = {"fastmarl": ours, "torchrl": theirs}
-            note = ""
-            # torch.compile of TorchRL's loop unrolls T steps: compiling more than 128 takes
-            # minutes (the CPU machine: T=512 in minutes), so longer rollouts have no compiled peer.
-            if T <= 128 and not (self.quick or self.mode == "interpret"):
-                compiled = torch.compile(torchrl_gae, fullgraph=True)
-                providers["torchrl_compiled"] = lambda: compiled(0.99, 0.95, *args, time_dim=1)
-            with torch.no_grad():
-                error = max(rel_error(a, e) for a, e in zip(ours(), theirs()))
-                ms = self._time(providers, self._rounds())
-            if "torchrl_compiled" not in providers:
-                note = "(no compiled peer)" if T > 128 else ""
-            if self.device.type == "cuda":
-                # GAE moves 3 value tensors in, 2 out and 2 bool flags: bandwidth against a copy.
-                nbytes = B * T * A * (5 * 4 + 2)
-                src = torch.empty(nbytes // 2, dtype=torch.uint8, device=d)
-                dst = torch.empty_like(src)
-                copy_ms = self._time({"copy": lambda: dst.copy_(src)}, self._rounds())["copy"]
-                note += f" {nbytes / ms['fastmarl'] / 1e6:.0f} GB/s = {copy_ms / ms['fastmarl']:.0%} of a copy"
-            rows.append(SpeedRow("gae fwd", "float32", f"{B}x{T}x{A}", error, error <= SPEED_TOLERANCE, ms,
-                                 note.strip()))
-        return rows
-
-    def _speed_ppo_clip(self) -> list[SpeedRow]:
+    def _providers_ppo_clip(self, N, A, *, compiled):
         # clip + critic together: the PPO loss math of one minibatch, as bench_ppo's ppo-math.
         torch = self.torch
         from fastmarl.functional import clip_bounds, ppo_clip_loss, ppo_critic_loss
         from fastmarl.ops.ppo.naive import ppo_clip as clip_naive
         from fastmarl.ops.ppo.naive import ppo_critic as critic_naive
 
-        sizes = [(4096, 3)] if self.mode != "cuda" else [(4096, 3), (65536, 8)]
-        if self.quick or self.mode == "interpret":
-            sizes = [(400, 3)] if self.mode != "cuda" else [(4096, 3)]
-        rows = []
-        for N, A in sizes:
-            d = self.device
-            log_prob = (0.3 * torch.randn(N, A, device=d)).requires_grad_()
-            value = torch.randn(N, A, 1, device=d).requires_grad_()
-            prev = log_prob.detach() + 0.2 * torch.randn(N, A, device=d)
-            old_value = value.detach() + 0.3 * torch.randn(N, A, 1, device=d)
-            advantage, target = torch.randn(N, A, 1, device=d), torch.randn(N, A, 1, device=d)
-            low, high = clip_bounds(0.2, log_prob)
-            clip_value, coeff = torch.tensor(0.2, device=d), torch.tensor(1.0, device=d)
+        d = self.device
+        log_prob = (0.3 * torch.randn(N, A, device=d)).requires_grad_()
+        value = torch.randn(N, A, 1, device=d).requires_grad_()
+        prev = log_prob.detach() + 0.2 * torch.randn(N, A, device=d)
+        old_value = value.detach() + 0.3 * torch.randn(N, A, 1, device=d)
+        advantage, target = torch.randn(N, A, 1, device=d), torch.randn(N, A, 1, device=d)
+        low, high = clip_bounds(0.2, log_prob)
+        clip_value, coeff = torch.tensor(0.2, device=d), torch.tensor(1.0, device=d)
 
-            def torchrl_math():
-                surrogate = clip_naive(log_prob, prev, advantage, low, high, normalize=True, exclude_dims=(-2,))
-                critic = critic_naive(target, value, old_value, clip_value, coeff)
-                return surrogate["loss_objective"] + critic["loss_critic"]
+        def torchrl_math():
+            surrogate = clip_naive(log_prob, prev, advantage, low, high, normalize=True, exclude_dims=(-2,))
+            critic = critic_naive(target, value, old_value, clip_value, coeff)
+            return surrogate["loss_objective"] + critic["loss_critic"]
 
-            def fastmarl_math():
-                surrogate = ppo_clip_loss(log_prob, prev, advantage, clip_epsilon=0.2, normalize_advantage=True,
-                                          normalize_advantage_exclude_dims=(-2,))
-                critic = ppo_critic_loss(value, target, old_value=old_value, clip_value=clip_value, coeff=coeff)
-                return surrogate["loss_objective"] + critic["loss_critic"]
+        def fastmarl_math():
+            surrogate = ppo_clip_loss(log_prob, prev, advantage, clip_epsilon=0.2, normalize_advantage=True,
+                                      normalize_advantage_exclude_dims=(-2,))
+            critic = ppo_critic_loss(value, target, old_value=old_value, clip_value=clip_value, coeff=coeff)
+            return surrogate["loss_objective"] + critic["loss_critic"]
 
-            def step(fn):
-                def run():
-                    loss = fn()
-                    grads = torch.autograd.grad(loss, (log_prob, value))
-                    return loss.detach(), *grads
-                return run
+        def step(fn):
+            def run():
+                loss = fn()
+                return (loss.detach(), *torch.autograd.grad(loss, (log_prob, value)))
+            return run
 
-            providers = {"fastmarl": step(fastmarl_math), "torchrl": step(torchrl_math)}
-            compiled = self._compile(torchrl_math)
-            if compiled is not None:
-                providers["torchrl_compiled"] = step(compiled)
-            error = max(rel_error(a, e) for a, e in zip(providers["fastmarl"](), providers["torchrl"]()))
-            ms = self._time(providers, self._rounds())
-            rows.append(SpeedRow("ppo clip+critic", "float32", f"{N}x{A} fwd+bwd", error,
-                                 error <= SPEED_TOLERANCE, ms))
-        return rows
+        providers = {"fastmarl": step(fastmarl_math), "torchrl": step(torchrl_math)}
+        if compiled:
+            providers["torchrl_compiled"] = step(torch.compile(torchrl_math))
+        error = max(rel_error(a, e) for a, e in zip(providers["fastmarl"](), providers["torchrl"]()))
+        return providers, error, ""
 
-    def _speed_qmix(self) -> list[SpeedRow]:
+    def _providers_qmix(self, B, n, *, compiled):
         torch = self.torch
         from torchrl.modules.models.multiagent import QMixer as TorchRLQMixer
 
         from fastmarl.modules import QMixer
 
-        smac_state = {3: 48, 8: 168}  # SMAC's state width for 3m and 8m
-        sizes = [(4096, 8)] if self.mode != "cuda" else [(4096, 3), (4096, 8)]
-        if self.quick or self.mode == "interpret":
-            sizes = [(256, 3)] if self.mode != "cuda" else [(4096, 8)]
-        rows = []
-        for B, n in sizes:
-            d, E, S = self.device, 32, smac_state[n]
-            torch.manual_seed(self.seed)
-            ours = QMixer((S,), E, n, d)
-            theirs = TorchRLQMixer((S,), E, n, d)
-            theirs.load_state_dict(ours.state_dict())
-            q, state = torch.randn(B, n, 1, device=d), torch.randn(B, S, device=d)
+        d, E, S = self.device, 32, SMAC_STATE[n]
+        torch.manual_seed(self.seed)
+        ours = QMixer((S,), E, n, d)
+        theirs = TorchRLQMixer((S,), E, n, d)
+        theirs.load_state_dict(ours.state_dict())
+        q, state = torch.randn(B, n, 1, device=d), torch.randn(B, S, device=d)
 
-            def step(mixer):
-                params = list(mixer.parameters())
+        def step(mixer, params):
+            def run():
+                q_leaf = q.detach().requires_grad_()
+                out = mixer(q_leaf, state)
+                return (out.detach(), *torch.autograd.grad(out.sum(), [q_leaf, *params]))
+            return run
 
-                def run():
-                    q_leaf = q.detach().requires_grad_()
-                    out = mixer(q_leaf, state)
-                    grads = torch.autograd.grad(out.sum(), [q_leaf, *params])
-                    return out.detach(), *grads
-                return run
+        providers = {"fastmarl": step(ours, list(ours.parameters())),
+                     "torchrl": step(theirs, list(theirs.parameters()))}
+        if compiled:
+            providers["torchrl_compiled"] = step(torch.compile(theirs), list(theirs.parameters()))
+        error = max(rel_error(a, e) for a, e in zip(providers["fastmarl"](), providers["torchrl"]()))
+        return providers, error, ""
 
-            providers = {"fastmarl": step(ours), "torchrl": step(theirs)}
-            compiled = self._compile(theirs)
-            if compiled is not None:
-                providers["torchrl_compiled"] = step(compiled)
-            error = max(rel_error(a, e) for a, e in zip(providers["fastmarl"](), providers["torchrl"]()))
-            ms = self._time(providers, self._rounds())
-            rows.append(SpeedRow("qmix mixer", "float32", f"B={B} n={n} E={E} S={S} fwd+bwd", error,
-                                 error <= SPEED_TOLERANCE, ms))
-        return rows
+
+SPEED_NAMES = {"gae": "gae fwd", "ppo_clip": "ppo clip+critic", "qmix": "qmix mixer"}
+SMAC_STATE = {3: 48, 8: 168}  # SMAC's state width for 3m and 8m (bench/bench_qmix.py)
+
+
+def size_name(op: str, size: tuple[int, ...]) -> str:
+    if op == "gae":
+        return "x".join(map(str, size)) + " (BxTxA)"
+    if op == "ppo_clip":
+        return f"{size[0]}x{size[1]} fwd+bwd"
+    return f"B={size[0]} n={size[1]} E=32 S={SMAC_STATE[size[1]]} fwd+bwd"
+
+
+def gae_bytes(B: int, T: int, A: int) -> int:
+    """Bytes GAE must move in float32: 3 inputs and 2 outputs, and two bool flags per step of
+    each environment (shared by its agents), as bench/bench_gae.py counts them."""
+    return B * T * A * 4 * 5 + 2 * B * T
 
 
 def torch_randn_like(x, generator, dtype):
