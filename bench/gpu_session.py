@@ -75,7 +75,7 @@ def summarize(out: Path) -> int:
                  + (f"{'GPU est. s':>12}" if dry else ""))
     budget = 0.0
     for p in parts:
-        status = "TIMEOUT" if p["rc"] in (124, 137) else str(p["rc"])
+        status = "TIMEOUT" if p["rc"] in (124, 137) else "skip" if p["rc"] == -1 else str(p["rc"])
         kernels = "" if p.get("kernels") is None else str(p["kernels"])
         new = str(p.get("new_kernels", ""))
         row = f"{p['part']:<16}{status:>5}{p['seconds']:>6}{p['limit']:>7}{kernels:>9}{new:>6}"
@@ -103,8 +103,10 @@ def summarize(out: Path) -> int:
     for name, data in benches.items():
         count = len((data or {}).get("benchmarks", []))
         lines.append(f"{name}: {count} benchmarks")
-    failed_parts = [p["part"] for p in parts if p["rc"] != 0]
-    lines.append("parts failed or timed out: " + (", ".join(failed_parts) if failed_parts else "none"))
+    failed_parts = [p["part"] for p in parts if p["rc"] not in (0, -1)]
+    skipped = [p["part"] for p in parts if p["rc"] == -1]
+    lines.append("parts failed or timed out: " + (", ".join(failed_parts) if failed_parts else "none")
+                 + (f"; skipped at the deadline: {', '.join(skipped)}" if skipped else ""))
     text = "\n".join(lines)
     (out / "summary.txt").write_text(text + "\n")
     session = dict(env=env, parts=parts, check=check, targets=targets, tuned=tuned,
