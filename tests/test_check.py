@@ -123,6 +123,11 @@ def test_rel_error():
     assert check.rel_error(torch.tensor([3.0, 4.0]), torch.zeros(2)) == 5.0  # absolute at 0
     # a sum that cancels to nearly 0 is judged against the magnitude of its terms
     assert check.rel_error(torch.tensor(1e-6), torch.tensor(0.0), torch.tensor(1.0)) == pytest.approx(1e-6)
+    # rounding to the output's dtype is no error (float16 subnormals: an absolute spacing)...
+    ref = torch.tensor([1e-6, 3e-6, 1.0], dtype=torch.float64) * 1e-1
+    assert check.rel_error(ref.half(), ref) == 0.0
+    # ...but anything beyond it is
+    assert check.rel_error(ref.half() * 1.01, ref) > 5e-3
 
 
 def test_poisoned_empty_is_scoped():
