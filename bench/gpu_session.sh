@@ -32,20 +32,26 @@
 # then here: copy the returned files (files_at) to bench/results/gpu-<device>-<date>/, copy
 # tuned_configs.py over fastmarl/ops/tuned_configs.py, and commit both.
 #
-# GPU time budget (the dry run measures the counts; compile time 1 s a kernel specialisation,
-# see bench/gpu_session.py; run times are estimates until a GPU run replaces them):
-#   part         kernels (new)  compile        run            limit
-#   env               0            0 s          5 s            20 s
-#   tune            ~190          ~25 s (8 processes)  ~20 s   150 s   (272 timings x ~60 ms)
-#   check           ~260          ~70 s (4 processes)  ~30 s   180 s   (1 process a dtype)
-#   cuda-tests       ~60          ~60 s          ~40 s + Inductor compiles   180 s
-#   targets           ~0 + Inductor (3 compiled peers, ~20 s each)  ~20 s  150 s
-#   bench-eager       ~5           ~5 s          ~60 s         3 x 60 s
-#   bench-compiled   Inductor, 5 compiled providers x ~20 s      whatever is left
-#   total to the targets: ~6 min; the compiled benchmarks use the rest of the 480 s deadline.
-# The kernel counts come from `bash bench/gpu_session.sh --dry-run OUT` (column "new" of its
-# summary: specialisations the earlier parts have not compiled yet); see the report of issue 13
-# for the measured dry run.
+# GPU time budget. Compiles: 1 s a Triton kernel specialisation (bench/gpu_session.py says
+# where that figure comes from); counts of specialisations from the interpreter's counter
+# (bench/count_kernels/), run on the full check (`fastmarl check --interpret --paths triton`,
+# all dtypes: 407) and from the sweep's configuration space (188); run times are estimates
+# until a GPU session replaces them (its summary has seconds and kernels per part).
+#   part           kernels  compile (wall)              run (est.)            limit   dry run (CPU)
+#   env                  0  -                           5 s                   20 s      3 s
+#   tune               188  ~30 s (8 processes)         272 timings: ~15 s    150 s    25 s (18 kernels)
+#   check              407  ~60 s (12 processes; the    oracles on the CPU:   180 s    60 s (118 kernels,
+#                             longest, PPO clip in one    ~20 s                                float32)
+#                             dtype, has ~53)
+#   cuda-tests        ~60*  ~30 s (4 xdist workers)     + 3 Inductor compiles 180 s    12 s (all skip)
+#   targets             ~0  Inductor: 4 compiled peers  ~20 s                 150 s     8 s
+#                           x ~20 s = ~80 s
+#   bench-gae/ppo/qmix  ~5  -                           3 x ~40 s             3x60 s   11 + 17 + 24 s
+#   bench-compiled       0  Inductor: 2 x ~20 s         ~10 s                 the rest  7 s
+#   report               0  -                           5 s                   30 s      6 s
+#   total: ~7 min of 8 on an H100/H200 (* mostly specialisations the check compiled already);
+#   the dry run takes ~3 min on the project's 2-core CPU machine. A part that runs over its
+#   limit is killed and the next one starts; the deadline skips what no longer fits.
 set -u
 export PYTHONUNBUFFERED=1
 

@@ -113,8 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "[,triton with --interpret]; cuda: auto)")
     parser.add_argument("--no-speed", action="store_true", help="correctness only")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="check the dtypes in this many processes at once (their Triton kernels "
-                             "compile in parallel: a GPU host has the cores)")
+                        help="check each (op, dtype) in its own process, this many at once (their "
+                             "Triton kernels compile in parallel: a GPU host has the cores)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -130,7 +130,7 @@ def _argv(args) -> list[str]:
     out = ["--device", args.device or "cpu", "--ops", args.ops, "--dtypes", args.dtypes, "--seed", str(args.seed)]
     out += ["--paths", args.paths] if args.paths else []
     out += ["--quick"] * args.quick + ["--interpret"] * args.interpret + ["--no-speed"] * args.no_speed
-    return out + (["--json", args.json] if args.json else [])
+    return out + ["--jobs", str(args.jobs)] + (["--json", args.json] if args.json else [])
 
 
 def run(args) -> int:
@@ -200,13 +200,18 @@ def run(args) -> int:
     print(f"\n{len(results)} checks, {len(failures)} failed, {seconds:.1f} s"
           + ("" if passed else "  -> FAIL"))
     if args.json:
-        from fastmarl.training.run import atomic_write_text
         import json
+        import tempfile
 
         payload = {**checker.header_info(), "passed": passed, "seconds": round(seconds, 2),
                    "tolerances": TOLERANCES, "results": [asdict(r) for r in results],
                    "speed": [asdict(r) for r in speed]}
-        atomic_write_text(args.json, json.dumps(payload, indent=1, default=_json_default))
+        # Atomically (a temporary file, then a rename): a reader never sees half a file. Not
+        # fastmarl.training.run's helper: that package needs the [train] extras.
+        folder = os.path.dirname(os.path.abspath(args.json))
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+            f.write(json.dumps(payload, indent=1, default=str))
+        os.replace(f.name, args.json)
     return 0 if passed else 1
 
 
@@ -228,7 +233,7 @@ def _correctness_in_processes(args, device: str, ops: list[str], dtypes: list[st
                 op, dtype = units.pop(0)
                 path = os.path.join(tmp, f"{op}-{dtype}.json")
                 child = argparse.Namespace(**{**vars(args), "ops": op, "dtypes": dtype, "no_speed": True,
-                                              "json": path, "device": device})
+                                              "json": path, "device": device, "jobs": 1})
                 command = [sys.executable, "-m", "fastmarl", "check", *_argv(child)]
                 running.append(((op, dtype), path, subprocess.Popen(
                     command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
@@ -247,12 +252,6 @@ def _correctness_in_processes(args, device: str, ops: list[str], dtypes: list[st
                     done[unit] = [Result(unit[0], unit[1], "-", "-", "-", math.inf, TOLERANCES[unit[1]], False,
                                          0.0, "process", f"exit code {proc.returncode}: {output[-300:]}")]
     return [r for op in ops for dtype in dtypes for r in done[(op, dtype)]]
-
-
-def _json_default(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
 
 
 # --------------------------------------------------------------------------- the table

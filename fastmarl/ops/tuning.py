@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -209,7 +209,3 @@ def launch_config(family: str, device: torch.device, **blocks: int) -> dict[str,
         _RESOLVED[cache_key] = config
     return config
 
-
-def table_entries(families: Iterable[str] = FAMILIES) -> dict:
-    """The loaded table (committed plus any ``FASTMARL_TUNED_CONFIGS``), for reports."""
-    return {arch: {f: e for f, e in fams.items() if f in families} for arch, fams in _table().items()}

@@ -48,7 +48,9 @@ def covers(num_columns: int, dtype: torch.dtype) -> bool:
 # that starts zeroed is ready for the next call with no memset; calls on one stream run in
 # order, so they never share it at once, and another stream gets its own buffer. Reusing it
 # takes the forward from 1 + 11 allocations a call (a buffer per partial, as first written) to
-# none: each torch.empty is ~2-5 us of host time, against a kernel of a few us at MARL sizes.
+# none: a torch.empty(1024) is ~5 us of host time on the CPU machine (the CUDA caching
+# allocator's cost is to be measured on a GPU), against kernels of a few us at MARL sizes.
+# The op's 8 outputs are still allocated each call: outputs of an op may not alias each other.
 _WORKSPACES: dict[tuple, Tensor] = {}
 
 
