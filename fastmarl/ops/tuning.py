@@ -19,8 +19,10 @@ family             key         tuned                           default (untuned)
 =================  ==========  ==============================  ===============================
 
 **Why a measured table and not ``@triton.autotune``.** torch 2.13's ``wrap_triton`` and
-``triton_op`` do accept autotuned kernels (``configs``, ``key``, ``restore_value`` and
-``reset_to_zero``; not pre/post hooks), but for these kernels a table is the better fit:
+``triton_op`` accept autotuned kernels with ``configs``, ``key``, ``restore_value`` and
+``reset_to_zero`` only, no pre/post hooks (``torch/_higher_order_ops/triton_kernel_wrap.py``;
+read, not run: tracing a Triton kernel needs a GPU driver, and torch 2.11 on the GPU machine is
+unverified). For these kernels a table is the better fit anyway:
 
 - *Reproducible numbers.* Block sizes change the order of the scan and of every reduction, so
   two configurations give results a few ulps apart. An autotuner picks by timing, which differs

@@ -60,7 +60,8 @@ def _reusable(like: Tensor) -> bool:
     # a CUDA graph is captured, its kernels do not run: a buffer zeroed then would be zero only
     # when the graph replays, so it must not serve eager calls; the graph gets its own, zeroed
     # by a memset the graph replays.
-    return type(like) is torch.Tensor and not (like.is_cuda and torch.cuda.is_current_stream_capturing())
+    return (type(like) in (torch.Tensor, torch.nn.Parameter)
+            and not (like.is_cuda and torch.cuda.is_current_stream_capturing()))
 
 
 def _buffer(op: str, like: Tensor, numel: int) -> Tensor:
