@@ -10,6 +10,8 @@
                      saved results to flag regressions
   fastmarl demo      GAE on a real VMAS Navigation rollout: TorchRL's MultiAgentGAE against
                      fastmarl's on the same TensorDict (parity and time)
+  fastmarl check     self-test of every op here against float64 references, then a short
+                     speed table against TorchRL (see fastmarl/check.py)
 
 Run "fastmarl <command> --help" for a command's options.
 """
@@ -409,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    from fastmarl.check import add_check_parser  # light: torch loads when the check runs
+
+    add_check_parser(sub)
     return parser
 
 

@@ -28,22 +28,15 @@ no [B, T, T] matrix). Accumulation is fp32 (fp64 for fp64 inputs); offsets are i
 import triton
 import triton.language as tl
 
-# Elements per [BT, BF] tile. Five operand tiles plus the scan's two live in registers: 2048
-# fp32 elements over 4 warps is 16 per thread per tile. Not tuned on a GPU yet (the issue that
-# built this had none); bench/bench_gae.py is where a sweep belongs.
-TILE_ELEMENTS = 2048
+# Widest feature block a program owns; the launch configuration (BT, num_warps) comes from
+# fastmarl/ops/tuning.py, measured per GPU architecture by bench/tune_kernels.py.
 MAX_BLOCK_F = 64
-NUM_WARPS = 4
 
 
-def gae_block_sizes(num_features: int) -> tuple[int, int]:
-    """``(BT, BF)`` for ``F`` features: BF covers F up to 64 lanes, BT fills the tile.
-
-    Depends on F only (not T), so a new rollout length never changes a constexpr.
-    """
-    block_f = min(triton.next_power_of_2(max(int(num_features), 1)), MAX_BLOCK_F)
-    block_t = max(16, TILE_ELEMENTS // block_f)
-    return block_t, block_f
+def gae_block_f(num_features: int) -> int:
+    """``BF`` for ``F`` features: F rounded up to a power of two, at most 64 lanes. Depends on F
+    only (not T), so a new rollout length never changes a constexpr."""
+    return min(triton.next_power_of_2(max(int(num_features), 1)), MAX_BLOCK_F)
 
 
 def gae_grid(num_rows: int, num_features: int, block_f: int) -> tuple[int, int]:

@@ -10,19 +10,24 @@ Surrogate forward, two launches:
 
 1. ``ppo_clip_stats_kernel``: per program and column, Welford partials of the advantage
    (count, mean, M2), log-sum-exp partials of the log-ratio for ESS (max, Σexp, Σexp²), and
-   scalar partials of the KL estimate and the ratio (Σ, max). Program 0 zeroes the ticket of
-   launch 2.
-2. ``ppo_clip_loss_kernel``: each program merges the (few) stats partials into the per-group
-   mean and unbiased std it needs, then computes ``-min(r·A, clip(r)·A)`` for its tile,
-   writes its loss and clip-count partials, and takes a ticket; the last program to finish
-   reduces them into the loss and clip fraction. Program 0 writes ESS, KL, ratio statistics
-   and the group statistics the backward reuses.
+   scalar partials of the KL estimate and the ratio (Σ, max); then each program takes a ticket
+   and the last one merges the partials, once: the per-group mean and clamped unbiased std of
+   the advantage (0 and 1 without normalisation), ESS, KL and the ratio statistics.
+2. ``ppo_clip_loss_kernel``: each program reads the G group statistics, computes
+   ``-min(r·A, clip(r)·A)`` for its tile, writes its loss and clip-count partials and takes a
+   ticket; the last program reduces them into the loss and the clip fraction.
+
+So every partial is read once: the merge costs O(programs), where merging the statistics in
+every program of launch 2 cost O(programs²) global reads. The last program of each launch
+resets its ticket to 0, so a workspace that starts zeroed stays ready for the next call
+(:mod:`fastmarl.ops.ppo.triton` keeps one per device and stream).
 
 Surrogate backward, one launch (``ppo_clip_bwd_kernel``): the gradient reaches ``log π`` only.
 
 Critic: ``ppo_critic_kernel`` (per-element distance, value clipping, coefficient; loss and
-clip-count partials; Welford partials of target and residual for the explained variance)
-then ``ppo_critic_finalize_kernel`` (one program); backward ``ppo_critic_bwd_kernel``.
+clip-count partials; Welford partials of target and residual for the explained variance), whose
+last program finalises the loss, clip fraction and explained variance; backward
+``ppo_critic_bwd_kernel``.
 
 Accumulation is fp32; offsets int64; clip bounds, clip value and coefficients are read from
 0-dim tensors (a scheduled ε never recompiles and never syncs).
@@ -31,13 +36,12 @@ Accumulation is fp32; offsets int64; clip bounds, clip value and coefficients ar
 import triton
 import triton.language as tl
 
-# Elements per [BN, BM] tile. Not tuned on a GPU yet (the issue that built this had none).
-TILE_ELEMENTS = 4096
+# The launch configuration (BN and num_warps per BM) comes from fastmarl/ops/tuning.py,
+# measured per GPU architecture by bench/tune_kernels.py.
 # Wider sample shapes (M > 256, e.g. an unflattened [B, T, A] batch) take the torch path.
 MAX_COLUMNS = 256
-# Stats partials are merged BLOCK_P rows at a time.
+# Partials are merged BLOCK_P programs at a time.
 BLOCK_P = 32
-NUM_WARPS = 4
 
 # The LOSS and REDUCTION modes; the launchers (fastmarl/ops/ppo/triton.py) map TorchRL's names
 # ("l1", "mean", ...) onto these and nothing else spells the numbers.
@@ -51,11 +55,9 @@ REDUCE_NONE = tl.constexpr(2)
 # Triton would otherwise turn a size of 1 into a constexpr.
 
 
-def ppo_block_sizes(num_columns: int) -> tuple[int, int]:
-    """``(BN, BM)``: BM covers every column, BN fills the tile."""
-    block_m = triton.next_power_of_2(max(int(num_columns), 1))
-    block_n = max(16, TILE_ELEMENTS // block_m)
-    return block_n, block_m
+def ppo_block_m(num_columns: int) -> int:
+    """``BM``: every column, rounded up to a power of two."""
+    return triton.next_power_of_2(max(int(num_columns), 1))
 
 
 @triton.jit
@@ -97,14 +99,94 @@ def _merge_welford(p_count, p_mean, p_m2, n_parts, M, o_m, m_m, BLOCK_P: tl.cons
     return count, mean, m2
 
 
-@triton.jit(do_not_specialize=["N", "M"])
+@triton.jit
+def _group_stats(p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, G, o_m, m_m, eps,
+                 BLOCK_P: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
+    # Per-column mean and clamped unbiased std of the column's group (m % G), each [BM], and
+    # the same per group, each [BG].
+    count, mean, m2 = _merge_welford(p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
+    o_g = tl.arange(0, BG)
+    one_hot = ((o_m[:, None] % G) == o_g[None, :]) & m_m[:, None]  # [BM, BG]
+    g_count = tl.sum(tl.where(one_hot, count[:, None], 0.0), axis=0)
+    g_mean = tl.sum(tl.where(one_hot, (count * mean)[:, None], 0.0), axis=0) / tl.maximum(g_count, 1.0)
+    c_gmean = tl.sum(tl.where(one_hot, g_mean[None, :], 0.0), axis=1)
+    d = mean - c_gmean
+    g_m2 = tl.sum(tl.where(one_hot, (m2 + count * d * d)[:, None], 0.0), axis=0)
+    # Unbiased, like torch.std: one element gives 0/0 = NaN, which the clamp keeps (as TorchRL).
+    g_std = tl.sqrt(g_m2 / (g_count - 1.0))
+    g_std = tl.where(g_std != g_std, g_std, tl.maximum(g_std, eps))
+    c_gstd = tl.sum(tl.where(one_hot, g_std[None, :], 0.0), axis=1)
+    return c_gmean, c_gstd, g_mean, g_std
+
+
+@triton.jit
+def _load_clip_bounds(clip_low_ptr, clip_high_ptr):
+    return tl.load(clip_low_ptr).to(tl.float32), tl.load(clip_high_ptr).to(tl.float32)
+
+
+@triton.jit
+def _merge_clip_stats(
+    p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
+    p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr,
+    kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr,
+    N, M, G, n_parts, eps, o_m, m_m,
+    BM: tl.constexpr, BG: tl.constexpr, BLOCK_P: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    # The last stats program: every partial, read once.
+    numel = tl.cast(N * M, tl.float32)
+    o_g = tl.arange(0, BG)
+    if NORMALIZE:
+        _, _, g_mean, g_std = _group_stats(
+            p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, G, o_m, m_m, eps, BLOCK_P, BM, BG)
+        tl.store(adv_mean_ptr + o_g, g_mean, mask=o_g < G)
+        tl.store(adv_std_ptr + o_g, g_std, mask=o_g < G)
+    else:
+        tl.store(adv_mean_ptr + o_g, tl.zeros([BG], dtype=tl.float32), mask=o_g < G)
+        tl.store(adv_std_ptr + o_g, tl.full([BG], 1.0, tl.float32), mask=o_g < G)
+    # ESS per column from the shifted partials: s1² / s2 after a common shift.
+    lw_max = tl.full([BM], float("-inf"), tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        o_p = p0 + tl.arange(0, BLOCK_P)
+        mp = (o_p < n_parts)[:, None] & m_m[None, :]
+        part = tl.load(p_lw_max_ptr + o_p[:, None] * M + o_m[None, :], mask=mp, other=float("-inf"))
+        lw_max = tl.maximum(lw_max, tl.max(part, axis=0))
+    top = tl.where(lw_max == float("-inf"), 0.0, lw_max)
+    s1 = tl.zeros([BM], dtype=tl.float32)
+    s2 = tl.zeros([BM], dtype=tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        o_p = p0 + tl.arange(0, BLOCK_P)
+        mp = (o_p < n_parts)[:, None] & m_m[None, :]
+        offs = o_p[:, None] * M + o_m[None, :]
+        part_max = tl.load(p_lw_max_ptr + offs, mask=mp, other=float("-inf"))
+        part_shift = tl.where(part_max == float("-inf"), 0.0, part_max)
+        w = tl.where(mp, tl.exp(part_shift - top[None, :]), 0.0)
+        s1 += tl.sum(w * tl.load(p_s1_ptr + offs, mask=mp, other=0.0), axis=0)
+        s2 += tl.sum(w * w * tl.load(p_s2_ptr + offs, mask=mp, other=0.0), axis=0)
+    tl.store(ess_ptr + o_m, (s1 * s1 / s2 / tl.cast(N, tl.float32)).to(ess_ptr.dtype.element_ty), mask=m_m)
+    kl = tl.zeros([BLOCK_P], dtype=tl.float32)
+    ratio_sum = tl.zeros([BLOCK_P], dtype=tl.float32)
+    ratio_max = tl.full([BLOCK_P], float("-inf"), tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        o_p = p0 + tl.arange(0, BLOCK_P)
+        mp = o_p < n_parts
+        kl += tl.load(p_kl_ptr + o_p, mask=mp, other=0.0)
+        ratio_sum += tl.load(p_ratio_sum_ptr + o_p, mask=mp, other=0.0)
+        ratio_max = tl.maximum(ratio_max, tl.load(p_ratio_max_ptr + o_p, mask=mp, other=float("-inf")))
+    tl.store(kl_ptr, (tl.sum(kl, axis=0) / numel).to(kl_ptr.dtype.element_ty))
+    tl.store(mean_ratio_ptr, (tl.sum(ratio_sum, axis=0) / numel).to(mean_ratio_ptr.dtype.element_ty))
+    tl.store(max_ratio_ptr, tl.max(ratio_max, axis=0).to(max_ratio_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["N", "M", "G", "n_parts"])
 def ppo_clip_stats_kernel(
     log_prob_ptr, prev_log_prob_ptr, advantage_ptr,
     p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
     p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr, ticket_ptr,
-    N, M,
+    kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr,
+    N, M, G, n_parts, eps,
     s_lp_n, s_lp_m, s_pv_n, s_pv_m, s_a_n, s_a_m,
-    BN: tl.constexpr, BM: tl.constexpr, NORMALIZE: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, BLOCK_P: tl.constexpr,
+    NORMALIZE: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     o_n = (i_p * BN + tl.arange(0, BN)).to(tl.int64)
@@ -137,46 +219,29 @@ def ppo_clip_stats_kernel(
     tl.store(p_kl_ptr + i_p, tl.sum(tl.sum(tl.where(m, -b_lw, 0.0), axis=1), axis=0))
     tl.store(p_ratio_sum_ptr + i_p, tl.sum(tl.sum(ratio, axis=1), axis=0))
     tl.store(p_ratio_max_ptr + i_p, tl.max(tl.max(tl.where(m, ratio, float("-inf")), axis=1), axis=0))
-    if i_p == 0:
+
+    # Every thread's partial stores come before the ticket (the barrier), and the acq_rel atomic
+    # orders them before the last program's reads.
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr, 1)
+    if ticket == n_parts - 1:
+        _merge_clip_stats(
+            p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
+            p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr,
+            kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr,
+            N, M, G, n_parts, eps, o_m, m_m, BM, BG, BLOCK_P, NORMALIZE)
+        # Ready for the next call on this workspace.
         tl.store(ticket_ptr, 0)
-
-
-@triton.jit
-def _group_stats(p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, G, o_m, m_m, eps,
-                 BLOCK_P: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
-    # Per-column mean and clamped unbiased std of the column's group (m % G), each [BM], and
-    # the same per group, each [BG].
-    count, mean, m2 = _merge_welford(p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
-    o_g = tl.arange(0, BG)
-    one_hot = ((o_m[:, None] % G) == o_g[None, :]) & m_m[:, None]  # [BM, BG]
-    g_count = tl.sum(tl.where(one_hot, count[:, None], 0.0), axis=0)
-    g_mean = tl.sum(tl.where(one_hot, (count * mean)[:, None], 0.0), axis=0) / tl.maximum(g_count, 1.0)
-    c_gmean = tl.sum(tl.where(one_hot, g_mean[None, :], 0.0), axis=1)
-    d = mean - c_gmean
-    g_m2 = tl.sum(tl.where(one_hot, (m2 + count * d * d)[:, None], 0.0), axis=0)
-    # Unbiased, like torch.std: one element gives 0/0 = NaN, which the clamp keeps (as TorchRL).
-    g_std = tl.sqrt(g_m2 / (g_count - 1.0))
-    g_std = tl.where(g_std != g_std, g_std, tl.maximum(g_std, eps))
-    c_gstd = tl.sum(tl.where(one_hot, g_std[None, :], 0.0), axis=1)
-    return c_gmean, c_gstd, g_mean, g_std
-
-
-@triton.jit
-def _load_clip_bounds(clip_low_ptr, clip_high_ptr):
-    return tl.load(clip_low_ptr).to(tl.float32), tl.load(clip_high_ptr).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["N", "M", "G", "n_parts"])
 def ppo_clip_loss_kernel(
     log_prob_ptr, prev_log_prob_ptr, advantage_ptr, clip_low_ptr, clip_high_ptr,
-    p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
-    p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr, p_loss_ptr, p_clip_ptr, ticket_ptr,
-    loss_ptr, clip_fraction_ptr, kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr,
-    adv_mean_ptr, adv_std_ptr,
-    N, M, G, n_parts, eps,
+    adv_mean_ptr, adv_std_ptr, p_loss_ptr, p_clip_ptr, ticket_ptr,
+    loss_ptr, clip_fraction_ptr,
+    N, M, G, n_parts,
     s_lp_n, s_lp_m, s_pv_n, s_pv_m, s_a_n, s_a_m,
-    BN: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, BLOCK_P: tl.constexpr,
-    NORMALIZE: tl.constexpr, REDUCTION: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BLOCK_P: tl.constexpr, REDUCTION: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     o_n = (i_p * BN + tl.arange(0, BN)).to(tl.int64)
@@ -188,11 +253,11 @@ def ppo_clip_loss_kernel(
     numel = tl.cast(N * M, tl.float32)
     clip_low, clip_high = _load_clip_bounds(clip_low_ptr, clip_high_ptr)
 
+    # The group statistics launch 1 merged (0 and 1 without normalisation: exact no-ops).
+    c_mean = tl.load(adv_mean_ptr + o_m % G, mask=m_m, other=0.0)
+    c_std = tl.load(adv_std_ptr + o_m % G, mask=m_m, other=1.0)
     b_a = _load_tile(advantage_ptr, o_n, o_m64, s_a_n, s_a_m, m)
-    if NORMALIZE:
-        c_mean, c_std, g_mean, g_std = _group_stats(
-            p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, G, o_m, m_m, eps, BLOCK_P, BM, BG)
-        b_a = (b_a - c_mean[None, :]) / c_std[None, :]
+    b_a = (b_a - c_mean[None, :]) / c_std[None, :]
     b_lp = _load_tile(log_prob_ptr, o_n, o_m64, s_lp_n, s_lp_m, m)
     b_pv = _load_tile(prev_log_prob_ptr, o_n, o_m64, s_pv_n, s_pv_m, m)
     b_lw = b_lp - b_pv
@@ -209,49 +274,9 @@ def ppo_clip_loss_kernel(
         tl.store(p_loss_ptr + i_p, tl.sum(tl.sum(loss, axis=1), axis=0))
     tl.store(p_clip_ptr + i_p, tl.sum(tl.sum(clipped.to(tl.float32), axis=1), axis=0))
 
-    if i_p == 0:
-        o_g = tl.arange(0, BG)
-        if NORMALIZE:
-            tl.store(adv_mean_ptr + o_g, g_mean, mask=o_g < G)
-            tl.store(adv_std_ptr + o_g, g_std, mask=o_g < G)
-        else:
-            tl.store(adv_mean_ptr + o_g, tl.zeros([BG], dtype=tl.float32), mask=o_g < G)
-            tl.store(adv_std_ptr + o_g, tl.full([BG], 1.0, tl.float32), mask=o_g < G)
-        # ESS per column from the shifted partials: s1² / s2 after a common shift.
-        lw_max = tl.full([BM], float("-inf"), tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)
-            mp = (o_p < n_parts)[:, None] & m_m[None, :]
-            part = tl.load(p_lw_max_ptr + o_p[:, None] * M + o_m[None, :], mask=mp, other=float("-inf"))
-            lw_max = tl.maximum(lw_max, tl.max(part, axis=0))
-        top = tl.where(lw_max == float("-inf"), 0.0, lw_max)
-        s1 = tl.zeros([BM], dtype=tl.float32)
-        s2 = tl.zeros([BM], dtype=tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)
-            mp = (o_p < n_parts)[:, None] & m_m[None, :]
-            offs = o_p[:, None] * M + o_m[None, :]
-            part_max = tl.load(p_lw_max_ptr + offs, mask=mp, other=float("-inf"))
-            part_shift = tl.where(part_max == float("-inf"), 0.0, part_max)
-            w = tl.where(mp, tl.exp(part_shift - top[None, :]), 0.0)
-            s1 += tl.sum(w * tl.load(p_s1_ptr + offs, mask=mp, other=0.0), axis=0)
-            s2 += tl.sum(w * w * tl.load(p_s2_ptr + offs, mask=mp, other=0.0), axis=0)
-        tl.store(ess_ptr + o_m, (s1 * s1 / s2 / tl.cast(N, tl.float32)).to(ess_ptr.dtype.element_ty), mask=m_m)
-        kl = tl.zeros([BLOCK_P], dtype=tl.float32)
-        ratio_sum = tl.zeros([BLOCK_P], dtype=tl.float32)
-        ratio_max = tl.full([BLOCK_P], float("-inf"), tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)
-            mp = o_p < n_parts
-            kl += tl.load(p_kl_ptr + o_p, mask=mp, other=0.0)
-            ratio_sum += tl.load(p_ratio_sum_ptr + o_p, mask=mp, other=0.0)
-            ratio_max = tl.maximum(ratio_max, tl.load(p_ratio_max_ptr + o_p, mask=mp, other=float("-inf")))
-        tl.store(kl_ptr, (tl.sum(kl, axis=0) / numel).to(kl_ptr.dtype.element_ty))
-        tl.store(mean_ratio_ptr, (tl.sum(ratio_sum, axis=0) / numel).to(mean_ratio_ptr.dtype.element_ty))
-        tl.store(max_ratio_ptr, tl.max(ratio_max, axis=0).to(max_ratio_ptr.dtype.element_ty))
-
-    # The last program to finish reduces the loss and clip partials (acq_rel atomics order the
-    # other programs' partial stores before it reads them).
+    # The last program to finish reduces the loss and clip partials (see ppo_clip_stats_kernel
+    # for the ordering).
+    tl.debug_barrier()
     ticket = tl.atomic_add(ticket_ptr, 1)
     if ticket == n_parts - 1:
         total = tl.zeros([BLOCK_P], dtype=tl.float32)
@@ -267,6 +292,7 @@ def ppo_clip_loss_kernel(
         elif REDUCTION == REDUCE_SUM:
             tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
         tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
+        tl.store(ticket_ptr, 0)
 
 
 @triton.jit(do_not_specialize=["N", "M", "G"])
@@ -330,15 +356,16 @@ def _distance_grad(target, value, LOSS: tl.constexpr):
         return tl.where(tl.abs(diff) < 1.0, diff, sign)
 
 
-@triton.jit(do_not_specialize=["N", "M"])
+@triton.jit(do_not_specialize=["N", "M", "n_parts"])
 def ppo_critic_kernel(
     value_ptr, target_ptr, old_value_ptr, clip_value_ptr, coeff_ptr,
-    loss_ptr, p_loss_ptr, p_clip_ptr,
-    p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, p_r_mean_ptr, p_r_m2_ptr,
-    N, M,
+    loss_ptr, clip_fraction_ptr, explained_variance_ptr,
+    p_loss_ptr, p_clip_ptr, p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, p_r_mean_ptr, p_r_m2_ptr, ticket_ptr,
+    N, M, n_parts, eps,
     s_v_n, s_v_m, s_t_n, s_t_m, s_o_n, s_o_m,
-    BN: tl.constexpr, BM: tl.constexpr, LOSS: tl.constexpr, REDUCTION: tl.constexpr,
-    HAS_CLIP: tl.constexpr, HAS_COEFF: tl.constexpr, EXPLAINED_VARIANCE: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BLOCK_P: tl.constexpr, LOSS: tl.constexpr,
+    REDUCTION: tl.constexpr, HAS_CLIP: tl.constexpr, HAS_COEFF: tl.constexpr,
+    EXPLAINED_VARIANCE: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     o_n = (i_p * BN + tl.arange(0, BN)).to(tl.int64)
@@ -373,38 +400,33 @@ def ppo_critic_kernel(
         tl.store(p_r_mean_ptr + o_part, r_mean, mask=m_m)
         tl.store(p_r_m2_ptr + o_part, r_m2, mask=m_m)
 
-
-@triton.jit(do_not_specialize=["N", "M", "n_parts"])
-def ppo_critic_finalize_kernel(
-    p_loss_ptr, p_clip_ptr, p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, p_r_mean_ptr, p_r_m2_ptr,
-    loss_ptr, clip_fraction_ptr, explained_variance_ptr,
-    N, M, n_parts, eps,
-    BM: tl.constexpr, BLOCK_P: tl.constexpr, REDUCTION: tl.constexpr,
-    HAS_CLIP: tl.constexpr, EXPLAINED_VARIANCE: tl.constexpr,
-):
-    numel = tl.cast(N * M, tl.float32)
-    total = tl.zeros([BLOCK_P], dtype=tl.float32)
-    clips = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for p0 in range(0, n_parts, BLOCK_P):
-        o_p = p0 + tl.arange(0, BLOCK_P)
-        mp = o_p < n_parts
-        if REDUCTION != REDUCE_NONE:
-            total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
-        if HAS_CLIP:
-            clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
-    if REDUCTION == REDUCE_MEAN:
-        tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
-    elif REDUCTION == REDUCE_SUM:
-        tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
-    tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
-    if EXPLAINED_VARIANCE:
-        o_m = tl.arange(0, BM)
-        m_m = o_m < M
-        count, _, t_m2 = _merge_welford(p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
-        _, _, r_m2 = _merge_welford(p_t_count_ptr, p_r_mean_ptr, p_r_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
-        # Population variances (correction=0), as TorchRL: 1 - var(t - v) / (var(t) + eps).
-        ev = 1.0 - (r_m2 / count) / (t_m2 / count + eps)
-        tl.store(explained_variance_ptr + o_m, ev.to(explained_variance_ptr.dtype.element_ty), mask=m_m)
+    # The last program finalises (see ppo_clip_stats_kernel for the ordering): one launch
+    # instead of a separate one-program finalize kernel.
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr, 1)
+    if ticket == n_parts - 1:
+        numel = tl.cast(N * M, tl.float32)
+        total = tl.zeros([BLOCK_P], dtype=tl.float32)
+        clips = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for p0 in range(0, n_parts, BLOCK_P):
+            o_p = p0 + tl.arange(0, BLOCK_P)
+            mp = o_p < n_parts
+            if REDUCTION != REDUCE_NONE:
+                total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
+            if HAS_CLIP:
+                clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
+        if REDUCTION == REDUCE_MEAN:
+            tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
+        elif REDUCTION == REDUCE_SUM:
+            tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
+        tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
+        if EXPLAINED_VARIANCE:
+            count, _, t_m2 = _merge_welford(p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
+            _, _, r_m2 = _merge_welford(p_t_count_ptr, p_r_mean_ptr, p_r_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
+            # Population variances (correction=0), as TorchRL: 1 - var(t - v) / (var(t) + eps).
+            ev = 1.0 - (r_m2 / count) / (t_m2 / count + eps)
+            tl.store(explained_variance_ptr + o_m, ev.to(explained_variance_ptr.dtype.element_ty), mask=m_m)
+        tl.store(ticket_ptr, 0)
 
 
 @triton.jit(do_not_specialize=["N", "M"])

@@ -30,32 +30,28 @@ fp16/bf16 inputs are loaded and computed in fp32. Offsets are int64.
 import triton
 import triton.language as tl
 
-# Samples per program. tl.dot needs M >= 16; 32 gives 128 programs at B=4096, about one per SM
-# of an H100 (132): a 64-sample tile would leave half of them idle at the headline size.
-BLOCK_B = 32
+# Samples per program (BB) and warps are the launch configuration: fastmarl/ops/tuning.py,
+# measured per GPU architecture by bench/tune_kernels.py. tl.dot needs BB >= 16.
+
 # State features per K tile: S=37 (and most vector states) fits one tile; an image state loops.
 MAX_BLOCK_K = 64
 # Widest mixing embedding / hypernetwork hidden width the kernels keep in registers ([BB, E]
 # and [BB, H] tiles, several live at once); wider mixers take the torch path on CUDA too.
 MAX_BLOCK_E = 128
 MAX_BLOCK_H = 128
-# 4 warps for [32, <=128] fp32 tiles: 32 elements a thread and tile.
-NUM_WARPS = 4
-# None of these was tuned on a GPU (the issue that built this had none): bench/bench_qmix.py
-# is where a sweep belongs.
 
 
-def qmix_block_sizes(state_dim: int, embed: int, hidden: int) -> tuple[int, int, int, int]:
-    """``(BB, BK, BE, BH)``; every block is at least 16 wide, the smallest ``tl.dot`` tile."""
+def qmix_block_sizes(state_dim: int, embed: int, hidden: int) -> tuple[int, int, int]:
+    """``(BK, BE, BH)``; every block is at least 16 wide, the smallest ``tl.dot`` tile."""
     block_k = min(max(16, triton.next_power_of_2(int(state_dim))), MAX_BLOCK_K)
     block_e = max(16, triton.next_power_of_2(int(embed)))
     block_h = max(16, triton.next_power_of_2(max(int(hidden), 1)))
-    return BLOCK_B, block_k, block_e, block_h
+    return block_k, block_e, block_h
 
 
 def qmix_kernel_fits(embed: int, hidden: int) -> bool:
     """Whether the kernels take a mixer of this width (see ``MAX_BLOCK_E``/``MAX_BLOCK_H``)."""
-    _, _, block_e, block_h = qmix_block_sizes(1, embed, hidden)
+    _, block_e, block_h = qmix_block_sizes(1, embed, hidden)
     return block_e <= MAX_BLOCK_E and block_h <= MAX_BLOCK_H
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastmarl.ops.triton_support import HAS_TRITON
 
 # op name -> number of variants in tests/aot_<op>.py (each compiled for two targets)
-OPS = {"gae": 10, "ppo": 45, "qmix": 12}
+OPS = {"gae": 10, "ppo": 36, "qmix": 12}
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")

@@ -1,5 +1,6 @@
 """Launchers of the GAE Triton kernels (:mod:`fastmarl.kernels.gae`): allocation is the caller's,
-arguments go by keyword, block sizes come from the feature count only.
+arguments go by keyword, the launch configuration comes from the feature count only
+(:func:`fastmarl.ops.tuning.launch_config`, measured per GPU architecture).
 
 These are what ``fastmarl::gae``/``fastmarl::gae_backward`` call on CUDA, and what the
 interpreter tests call on CPU tensors under ``TRITON_INTERPRET=1``.
@@ -12,6 +13,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from fastmarl.kernels import gae as kernels
+from fastmarl.ops import tuning
 
 __all__ = ["gae_fwd", "gae_bwd"]
 
@@ -34,6 +36,13 @@ def _discount_args(gamma: float, lmbda: float, gamma_tensor: Tensor | None,
     )
 
 
+def _launch_config(family: str, num_features: int, device, block_t: int | None) -> tuple[int, int, int]:
+    # (BT, BF, num_warps): BF from F, BT and warps from the table; ``block_t`` overrides BT.
+    block_f = kernels.gae_block_f(num_features)
+    config = tuning.launch_config(family, device, bf=block_f)
+    return block_t or config["BT"], block_f, config["num_warps"]
+
+
 def gae_fwd(
     value: Tensor, next_value: Tensor, reward: Tensor, done: Tensor, terminated: Tensor,
     gamma: float, lmbda: float, gamma_tensor: Tensor | None, lmbda_tensor: Tensor | None,
@@ -42,7 +51,7 @@ def gae_fwd(
     """Fill ``advantage``/``value_target`` (contiguous ``[R, T, F]``). ``block_t`` overrides the
     tile length (tests use a short one to cross tiles at small T)."""
     R, T, F = value.shape
-    default_block_t, block_f = kernels.gae_block_sizes(F)
+    block_t, block_f, num_warps = _launch_config("gae_fwd", F, value.device, block_t)
     wrap_triton(kernels.gae_fwd_kernel)[kernels.gae_grid(R, F, block_f)](
         value_ptr=value, next_value_ptr=next_value, reward_ptr=reward, done_ptr=done,
         terminated_ptr=terminated, advantage_ptr=advantage, value_target_ptr=value_target,
@@ -50,8 +59,8 @@ def gae_fwd(
         **_strides("v", value), **_strides("nv", next_value), **_strides("r", reward),
         **_strides("d", done), **_strides("te", terminated),
         **_discount_args(gamma, lmbda, gamma_tensor, lmbda_tensor, value),
-        BT=block_t or default_block_t, BF=block_f, ACC_FP64=advantage.dtype == torch.float64,
-        num_warps=kernels.NUM_WARPS,
+        BT=block_t, BF=block_f, ACC_FP64=advantage.dtype == torch.float64,
+        num_warps=num_warps,
     )
 
 
@@ -62,7 +71,7 @@ def gae_bwd(
 ) -> None:
     """Fill the three gradients (contiguous ``[R, T, F]``)."""
     R, T, F = done.shape
-    default_block_t, block_f = kernels.gae_block_sizes(F)
+    block_t, block_f, num_warps = _launch_config("gae_bwd", F, done.device, block_t)
     wrap_triton(kernels.gae_bwd_kernel)[kernels.gae_grid(R, F, block_f)](
         grad_advantage_ptr=grad_advantage, grad_value_target_ptr=grad_value_target,
         done_ptr=done, terminated_ptr=terminated, grad_value_ptr=grad_value,
@@ -71,7 +80,7 @@ def gae_bwd(
         **_strides("ga", grad_advantage), **_strides("gv", grad_value_target),
         **_strides("d", done), **_strides("te", terminated),
         **_discount_args(gamma, lmbda, gamma_tensor, lmbda_tensor, done),
-        BT=block_t or default_block_t, BF=block_f,
+        BT=block_t, BF=block_f,
         ACC_FP64=torch.float64 in (grad_advantage.dtype, grad_value_target.dtype),
-        num_warps=kernels.NUM_WARPS,
+        num_warps=num_warps,
     )

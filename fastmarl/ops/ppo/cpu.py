@@ -153,11 +153,14 @@ def ppo_critic_forward(
     loss_type: str,
     reduction: str,
     residual: bool = False,
+    eps: float | None = None,
 ) -> tuple[Tensor, ...]:
     """CPU kernel of ``fastmarl::ppo_critic`` on ``[N, M]``: ``(loss, value_clip_fraction,
     explained_variance [M])``; the clip fraction is 0 when there is no ``clip_value``. With
     ``residual=True`` a fourth entry, d loss / d value before the reduction ``[N, M]``, makes
     the backward one multiply. Same values as :func:`fastmarl.ops.ppo.naive.ppo_critic`.
+    ``eps`` is the explained variance's (TorchRL's: the target dtype's resolution), default
+    the one of ``target``'s dtype; callers that upcast half inputs pass the input's.
     """
     loss = _distance(target, value, loss_type)
     if residual:
@@ -179,7 +182,7 @@ def ppo_critic_forward(
         loss = torch.maximum(loss, loss_clipped)
     with torch.no_grad():
         tgt, pred = target.detach(), value.detach()
-        eps = torch.finfo(tgt.dtype).eps
+        eps = torch.finfo(tgt.dtype).eps if eps is None else eps
         resid = torch.var(tgt - pred, correction=0, dim=0)
         total = torch.var(tgt, correction=0, dim=0)
         explained_variance = 1.0 - resid / (total + eps)

@@ -1,5 +1,6 @@
 """Launchers of the QMIX Triton kernels (:mod:`fastmarl.kernels.qmix`): arguments by keyword,
-block sizes from the state, embedding and hidden widths only.
+block sizes from the state, embedding and hidden widths only; samples per program and warps
+from :func:`fastmarl.ops.tuning.launch_config` (keyed on the embedding and hidden blocks).
 
 These are what ``fastmarl::qmix``/``fastmarl::qmix_backward`` call on CUDA, and what the
 interpreter tests call on CPU tensors under ``TRITON_INTERPRET=1``.
@@ -12,6 +13,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from fastmarl.kernels import qmix as kernels
+from fastmarl.ops import tuning
 from fastmarl.ops.qmix.params import QMixParams
 
 __all__ = ["covers", "qmix_fwd", "qmix_bwd"]
@@ -37,14 +39,16 @@ def _weights(params: QMixParams) -> tuple[dict[str, Tensor], Tensor]:
     ), p.v2_bias
 
 
-def _sizes(q: Tensor, state: Tensor, params: QMixParams, block_b: int | None) -> tuple[dict, tuple]:
+def _sizes(family: str, q: Tensor, state: Tensor, params: QMixParams,
+           block_b: int | None) -> tuple[dict, tuple]:
     B, n = q.shape
-    default_block_b, block_k, block_e, block_h = kernels.qmix_block_sizes(params.state_dim, params.embed, params.hidden)
-    block_b = block_b or default_block_b
+    block_k, block_e, block_h = kernels.qmix_block_sizes(params.state_dim, params.embed, params.hidden)
+    config = tuning.launch_config(family, q.device, be=block_e, bh=block_h)
+    block_b = block_b or config["BB"]
     sizes = dict(B=B, S=params.state_dim, N=n, E=params.embed, H=params.hidden,
                  s_qb=q.stride(0), s_qn=q.stride(1), s_sb=state.stride(0), s_sk=state.stride(1),
                  BB=block_b, BK=block_k, BE=block_e, BH=block_h, TWO_LAYER=params.two_layer,
-                 num_warps=kernels.NUM_WARPS)
+                 num_warps=config["num_warps"])
     return sizes, kernels.qmix_grid(B, block_b)
 
 
@@ -55,7 +59,7 @@ def qmix_fwd(
     """Fill ``q_tot`` ``[B, 1]`` and, unless None, ``hidden_pre`` ``[B, E]`` (both contiguous).
     ``block_b`` overrides the samples per program (tests use 16 to cross blocks at small B)."""
     weights, v2_bias = _weights(params)
-    sizes, grid = _sizes(q, state, params, block_b)
+    sizes, grid = _sizes("qmix_fwd", q, state, params, block_b)
     wrap_triton(kernels.qmix_fwd_kernel)[grid](
         q_ptr=q, state_ptr=state, **weights, v2b_ptr=v2_bias, q_tot_ptr=q_tot,
         hidden_pre_ptr=q_tot if hidden_pre is None else hidden_pre, **sizes,
@@ -73,7 +77,7 @@ def qmix_bwd(
     dtype, the accumulation dtype); see
     :func:`fastmarl.ops.qmix.weight_grads.weight_and_state_grads` for the layout."""
     weights, _ = _weights(params)  # V.2's bias has no per-sample gradient
-    sizes, grid = _sizes(q, state, params, block_b)
+    sizes, grid = _sizes("qmix_bwd", q, state, params, block_b)
     wrap_triton(kernels.qmix_bwd_kernel)[grid](
         grad_q_tot_ptr=grad_q_tot, q_ptr=q, state_ptr=state, hidden_pre_ptr=hidden_pre, **weights,
         dq_ptr=dq, dz1_ptr=dz1, dz2_ptr=dz2, g_ptr=g, s_gb=grad_q_tot.stride(0), **sizes,
