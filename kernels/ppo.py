@@ -128,8 +128,8 @@ def _load_clip_bounds(clip_low_ptr, clip_high_ptr):
 def _merge_clip_stats(
     p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
     p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr,
-    kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr,
-    N, M, G, n_parts, eps, o_m, m_m,
+    kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr, advantage_ptr,
+    N, M, G, n_parts, eps, o_m, m_m, s_a_m,
     BM: tl.constexpr, BG: tl.constexpr, BLOCK_P: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
     # The last stats program: every partial, read once.
@@ -138,7 +138,9 @@ def _merge_clip_stats(
     if NORMALIZE:
         _, _, g_mean, g_std = _group_stats(
             p_count_ptr, p_mean_ptr, p_m2_ptr, n_parts, M, G, o_m, m_m, eps, BLOCK_P, BM, BG)
-        tl.store(adv_mean_ptr + o_g, g_mean, mask=o_g < G)
+        # The partials are of the advantage shifted by its group's first sample: add it back.
+        g_shift = tl.load(advantage_ptr + o_g.to(tl.int64) * s_a_m, mask=o_g < G, other=0.0).to(tl.float32)
+        tl.store(adv_mean_ptr + o_g, g_shift + g_mean, mask=o_g < G)
         tl.store(adv_std_ptr + o_g, g_std, mask=o_g < G)
     else:
         tl.store(adv_mean_ptr + o_g, tl.zeros([BG], dtype=tl.float32), mask=o_g < G)
@@ -201,7 +203,11 @@ def ppo_clip_stats_kernel(
     o_part = i_p * M + o_m
 
     if NORMALIZE:
-        b_a = _load_tile(advantage_ptr, o_n, o_m64, s_a_n, s_a_m, m)
+        # Statistics of the advantage shifted by its group's first sample (row 0, column m % G):
+        # a constant advantage then has mean exactly c + 0 and standardises to exactly 0 (a
+        # plain float32 mean of 0.7s rounds, and the 1e-6 std clamp turned that into +0.437).
+        b_shift = tl.load(advantage_ptr + (o_m64 % G) * s_a_m, mask=m_m, other=0.0).to(tl.float32)
+        b_a = _load_tile(advantage_ptr, o_n, o_m64, s_a_n, s_a_m, m) - b_shift[None, :]
         count, mean, m2 = _welford_columns(b_a, m)
         tl.store(p_count_ptr + o_part, count, mask=m_m)
         tl.store(p_mean_ptr + o_part, mean, mask=m_m)
@@ -228,8 +234,8 @@ def ppo_clip_stats_kernel(
         _merge_clip_stats(
             p_count_ptr, p_mean_ptr, p_m2_ptr, p_lw_max_ptr, p_s1_ptr, p_s2_ptr,
             p_kl_ptr, p_ratio_sum_ptr, p_ratio_max_ptr,
-            kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr,
-            N, M, G, n_parts, eps, o_m, m_m, BM, BG, BLOCK_P, NORMALIZE)
+            kl_ptr, ess_ptr, max_ratio_ptr, mean_ratio_ptr, adv_mean_ptr, adv_std_ptr, advantage_ptr,
+            N, M, G, n_parts, eps, o_m, m_m, s_a_m, BM, BG, BLOCK_P, NORMALIZE)
         # Ready for the next call on this workspace.
         tl.store(ticket_ptr, 0)
 

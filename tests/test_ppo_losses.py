@@ -108,7 +108,11 @@ def _check_against_torchrl(name, kwargs, N):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results.append(run(build(cls, actor, critic, **kw), td))
-    assert_same(*results)
+    # Standardised advantages: fastmarl takes the mean shifted by the first sample (exact for a
+    # constant advantage), TorchRL plainly; the two agree to rounding, which gradients summed
+    # over the batch carry up to ~3e-6 where they cancel.
+    standardised = kwargs.get("normalize_advantage", cls in (TorchRLMAPPOLoss, TorchRLIPPOLoss))
+    assert_same(*results, atol=1e-5 if standardised else 1e-6)
 
 
 def test_single_agent_and_odd_sizes():
@@ -126,7 +130,9 @@ def test_all_equal_advantages_and_extreme_log_ratios():
     assert_same(*results)
     td = make_batch(64, log_ratio_scale=30.0)
     results = [run(build(cls, actor, critic), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
-    assert_same(*results, rtol=1e-5, atol=1e-4)
+    # Ratios up to e^30 carry the standardisation's rounding (shifted mean against TorchRL's
+    # plain one) into gradients of ~1e24: relative 1e-4.
+    assert_same(*results, rtol=1e-4, atol=1e-4)
     for value in results[0][0].values():
         assert torch.isfinite(value).all()
 

@@ -96,3 +96,23 @@ def test_critic_kernels_match_float64(loss_type, clip, reduction, N, M):
     grad = _nan_like((N, M))
     ppo_critic_bwd(grad_loss, *args, loss_type, reduction, grad_value=grad, **SMALL_TILES)
     assert_close(grad, expected, atol=2e-6, rtol=2e-5, name="d_value")
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_clip_kernel_constant_advantage_standardises_to_zero(G):
+    # The stats are of the advantage shifted by its group's first sample: a constant advantage
+    # has mean exactly c and standardises to 0, as the CPU kernels do (they agree to 1e-6).
+    from fastmarl.ops.ppo.op import _clip_meta
+    from fastmarl.ops.ppo.triton import ppo_clip_fwd
+
+    N, M = 300, 3
+    log_prob, prev = torch.randn(N, M) * 0.3, torch.randn(N, M) * 0.3
+    advantage = torch.full((N, M), 0.7)
+    low, high = torch.tensor(0.8).log(), torch.tensor(1.2).log()
+    out = [_nan_like(x.shape, x.dtype) for x in _clip_meta(log_prob, prev, advantage, G, "none")]
+    ppo_clip_fwd(log_prob, prev, advantage, low, high, G, True, "none", **dict(zip(CLIP_OUTPUTS, out)),
+                 **SMALL_TILES)
+    assert torch.equal(out[0], torch.zeros(N, M))
+    assert torch.equal(out[6], torch.full((G,), 0.7))
+    expected = cpu.ppo_clip_forward(log_prob, prev, advantage, low, high, G, True, "none")
+    assert_close(out[0], expected[0], atol=1e-6, rtol=0)

@@ -31,15 +31,22 @@ __all__ = [
 
 def standardize_advantage(advantage: Tensor, exclude_dims: tuple[int, ...]) -> Tensor:
     """``(A - mean) / std.clamp_min(1e-6)`` over the dims not in ``exclude_dims`` (normalised,
-    distinct, in range: the functional checks them), in TorchRL's order of operations."""
-    if not exclude_dims:
-        return (advantage - advantage.mean()) / advantage.std().clamp_min(ADVANTAGE_STD_EPS)
+    distinct, in range: the functional checks them), TorchRL's ``_standardize``.
+
+    The mean is taken shifted, ``c + mean(A - c)`` with ``c`` the first sample of each
+    standardised slice, and ``A - mean`` as ``(A - c) - mean(A - c)``: a constant advantage then
+    standardises to exactly 0. TorchRL's plain mean rounds (0.7 in float32 over 3000 samples is
+    off by an ulp), and the 1e-6 clamp of the std amplifies that into -0.115 for every sample.
+    Elsewhere the two agree to rounding; the std is shift-invariant.
+    """
     if len(exclude_dims) == advantage.ndim:
         return advantage
     dims = tuple(d for d in range(advantage.ndim) if d not in exclude_dims)
-    mean = torch.mean(advantage, keepdim=True, dim=dims)
-    std = torch.std(advantage, keepdim=True, dim=dims)
-    return (advantage - mean) / std.clamp_min(ADVANTAGE_STD_EPS)
+    shift = advantage[tuple(slice(0, 1) if d in dims else slice(None) for d in range(advantage.ndim))]
+    shifted = advantage - shift
+    mean = torch.mean(shifted, keepdim=True, dim=dims)
+    std = torch.std(shifted, keepdim=True, dim=dims)
+    return (shifted - mean) / std.clamp_min(ADVANTAGE_STD_EPS)
 
 
 def _reduce(x: Tensor, reduction: str) -> Tensor:
@@ -81,16 +88,21 @@ def ppo_clip_forward(
 
     The values are :func:`fastmarl.ops.ppo.naive.ppo_clip`'s bits with fewer passes: ``where`` on the first
     minimum instead of ``stack(...).min``, one ``exp`` of the log-weight for the gain and the
-    ratio statistics, the KL estimate as ``-mean(log_weight)`` (negation is exact).
+    ratio statistics, the KL estimate as ``-mean(log_weight)`` (negation is exact); with
+    ``normalize``, to rounding, the mean being taken shifted (:func:`standardize_advantage`).
     """
     N, M = log_prob.shape
     G = num_groups
     grouped = advantage.reshape(N, M // G, G, 1)
     if normalize and advantage.numel() > 1:
-        mean = torch.mean(grouped, keepdim=True, dim=(0, 1, 3))
-        std = torch.std(grouped, keepdim=True, dim=(0, 1, 3)).clamp_min(ADVANTAGE_STD_EPS)
-        grouped = (grouped - mean) / std
-        adv_mean, adv_std = mean.reshape(G), std.reshape(G)
+        # Shifted by each group's first sample (see standardize_advantage): exact for a constant
+        # advantage, where a plain mean's rounding, amplified by the 1e-6 std clamp, gave -0.115.
+        shift = grouped[:1, :1]
+        shifted = grouped - shift
+        mean = torch.mean(shifted, keepdim=True, dim=(0, 1, 3))
+        std = torch.std(shifted, keepdim=True, dim=(0, 1, 3)).clamp_min(ADVANTAGE_STD_EPS)
+        grouped = (shifted - mean) / std
+        adv_mean, adv_std = (shift + mean).reshape(G), std.reshape(G)
     else:
         adv_mean, adv_std = advantage.new_zeros(G), advantage.new_ones(G)
     adv = grouped.reshape(N, M)
