@@ -105,7 +105,8 @@ def test_bench_sizes_are_shared_across_suites():
     assert "bench_gae.py::test_gae[tutorial-fastmarl]" in ids
     assert "bench_ppo.py::test_ppo_loss[tutorial-fastmarl]" in ids
     assert "bench_qmix.py::test_qmix_loss[B32-n3-fastmarl]" in ids
-    assert "bench_update.py::test_qmix_update[tutorial-fastmarl]" in ids
+    assert "bench_update.py::test_qmix_step[tutorial-fastmarl]" in ids
+    assert "bench_update.py::test_ppo_step[tutorial-fastmarl]" in ids
     # A name only one suite has is a skip with a reason elsewhere, not an error.
     long = _collect("--bench-sizes", "long", "-rs")
     assert long.returncode == 0 and "bench_gae.py::test_gae[long-fastmarl]" in long.stdout

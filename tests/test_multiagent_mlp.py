@@ -141,6 +141,8 @@ def test_compiles_without_graph_break():
         warnings.simplefilter("ignore")
         for _ in range(3):
             out = compiled(x)
-    assert_close(out, ours(x), atol=0, rtol=0)
+    # Traced, the bias is added apart from the GEMM and tanh is 2 sigmoid(2x) - 1 (fastmarl's
+    # MultiAgentMLP under compile on the CPU): the same values to float32 rounding.
+    assert_close(out, ours(x), atol=1e-6, rtol=1e-6)
     assert sum(counters["graph_break"].values()) == 0
     assert counters["stats"]["unique_graphs"] == 1

@@ -41,7 +41,7 @@ def shell_commands(text: str) -> list[str]:
     commands = []
     for block in re.findall(r"```bash\n(.*?)\n```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.strip()
+            line = line.split("  #")[0].strip()  # a trailing comment, two spaces before it
             if line and not line.startswith("#"):
                 commands.append(line)
     return commands
@@ -85,6 +85,9 @@ def plan(command: str) -> tuple[str, list[str] | None]:
         return "resume", argv[: i + 1] + ["3"] + argv[i + 2:] + ["--no-progress"]
     if argv[:2] in (["fastmarl", "train"], ["fastmarl", "compare"]):
         return "tiny training", argv + TINY_TRAIN
+    if argv[:2] == ["fastmarl", "check"]:
+        # The quick variant on this machine's paths, one process, no timing.
+        return "self-test, quick", argv + ["--quick", "--no-speed", "--jobs", "1"]
     if argv[:2] == ["fastmarl", "demo"]:
         return "tiny demo", argv + TINY_DEMO
     if argv[:2] == ["fastmarl", "bench"]:
