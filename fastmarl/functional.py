@@ -297,11 +297,10 @@ def ppo_clip_loss(
     The gradient reaches ``log_prob``, and ``prev_log_prob``, ``advantage`` or a tensor ε too
     when they require grad. Half-precision inputs are computed in float32.
     """
-    low, high = clip_bounds(clip_epsilon, log_prob)
-    return ppo_clip_loss_with_bounds(
-        log_prob, prev_log_prob, advantage, low, high, normalize_advantage=normalize_advantage,
-        normalize_advantage_exclude_dims=normalize_advantage_exclude_dims, reduction=reduction,
-    )
+    _check_float("log_prob", log_prob)
+    low, high = clip_bounds(clip_epsilon, log_prob)  # validates ε
+    return _clip_loss(log_prob, prev_log_prob, advantage, low, high, normalize_advantage,
+                      normalize_advantage_exclude_dims, reduction)
 
 
 def ppo_clip_loss_with_bounds(
@@ -316,7 +315,39 @@ def ppo_clip_loss_with_bounds(
     reduction: str = "mean",
 ) -> dict[str, Tensor]:
     """:func:`ppo_clip_loss` with the log-space bounds given as tensors (``log1p(-ε_low)``,
-    ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them."""
+    ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them.
+
+    The bounds must be those of ``ε_low`` in [0, 1) and ``ε_high >= 0``: ``clip_low`` in
+    ``(-inf, 0]``, ``clip_high >= 0``. They are checked where reading them is free (CPU tensors,
+    outside ``torch.compile``): a ``ClipPPOLoss`` built with, or annealed to, ``ε = 1.5`` has a
+    NaN bound, with which TorchRL returns a NaN loss.
+    """
+    _check_log_clip_bounds(clip_low, clip_high)
+    return _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
+                      normalize_advantage_exclude_dims, reduction)
+
+
+def _check_log_clip_bounds(clip_low, clip_high) -> None:
+    for name, x in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() != 1:
+            got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a one-element floating-point tensor (a log-space clip bound), got {got}")
+    if clip_low.device.type != "cpu" or clip_high.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    low, high = float(clip_low), float(clip_high)
+    # NaN fails both tests: log1p of ε_low > 1 or ε_high < -1.
+    if not -math.inf < low <= 0.0:
+        eps = "> 1" if math.isnan(low) else f"= {-math.expm1(low):g}"
+        raise ValueError(f"clip_low = log1p(-ε_low) must lie in (-inf, 0] (clip_epsilon (low) in [0, 1)), "
+                         f"got {low} (clip_epsilon (low) {eps})")
+    if not high >= 0.0:
+        eps = "< -1" if math.isnan(high) else f"= {math.expm1(high):g}"
+        raise ValueError(f"clip_high = log1p(ε_high) must be >= 0 (clip_epsilon (high) >= 0), "
+                         f"got {high} (clip_epsilon (high) {eps})")
+
+
+def _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
+               normalize_advantage_exclude_dims, reduction) -> dict[str, Tensor]:
     _check_float("log_prob", log_prob)
     _check_float("prev_log_prob", prev_log_prob, log_prob.device)
     _check_float("advantage", advantage, log_prob.device)
@@ -326,6 +357,13 @@ def ppo_clip_loss_with_bounds(
         raise ValueError("log_prob is 0-dim; expected [*S] with a batch dim first (e.g. [N, A])")
     if prev_log_prob.shape != shape:
         raise ValueError(f"prev_log_prob has shape {tuple(prev_log_prob.shape)}, expected log_prob's [*S] = {tuple(shape)}")
+    if advantage.shape == shape:
+        raise ValueError(
+            f"advantage has shape {tuple(advantage.shape)}, expected [*S, 1] = {(*shape, 1)} for a "
+            f"log-prob of shape [*S] = {tuple(shape)}: it lacks its trailing value dim (use "
+            "advantage.unsqueeze(-1)); broadcast against the [*S, 1] log-weights it would turn the "
+            "objective into an outer product over samples"
+        )
     if advantage.shape != (*shape, 1):
         raise ValueError(
             f"advantage has shape {tuple(advantage.shape)}, expected [*S, 1] = {(*shape, 1)} "

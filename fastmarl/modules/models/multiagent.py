@@ -140,8 +140,10 @@ class QMixer(_TorchRLQMixer):
         """``Q_tot`` ``[*B, 1]`` of ``chosen_action_value`` ``[*B, n_agents, 1]`` and ``state``
         ``[*B, *state_shape]``; bad input raises an error naming the argument and shape."""
         if len(inputs) != 2:
+            # TorchRL's message first (code may match on it), then what is expected.
             raise ValueError(
-                f"QMixer takes (chosen_action_value, state), got {len(inputs)} input(s)"
+                f"Mixer that needs state was passed more than 2 inputs: QMixer takes "
+                f"(chosen_action_value, state), got {len(inputs)} input(s)"
             )
         chosen_action_value, state = inputs
         return self.fused_forward(chosen_action_value, state, self.mixer_params())
@@ -191,18 +193,22 @@ class QMixer(_TorchRLQMixer):
         n = self.n_agents
         state_shape = tuple(self.state_shape)
         q_shape = tuple(chosen_action_value.shape)
-        if q_shape[-2:] != (n, 1):
-            raise ValueError(
-                f"chosen_action_value has shape {q_shape}, expected [*B, n_agents, 1] with "
-                f"n_agents={n}: [*B, {n}, 1]"
-            )
+        # TorchRL's sentences first, in its order, where TorchRL checks the same thing (code may
+        # match on them).
         batch_shape = q_shape[:-2]
         expected_state = (*batch_shape, *state_shape)
         k = len(state_shape)
         if state.ndim < k or tuple(state.shape[state.ndim - k:]) != state_shape:
             raise ValueError(
-                f"state has shape {tuple(state.shape)}, expected [*B, *state_shape] = "
-                f"{expected_state} (state_shape={state_shape})"
+                f"Mixer network expected state with ending shape {self.state_shape}, but got state "
+                f"shape {state.shape}: state has shape {tuple(state.shape)}, expected "
+                f"[*B, *state_shape] = {expected_state} (state_shape={state_shape})"
+            )
+        if q_shape[-2:] != (n, 1):
+            raise ValueError(
+                f"Mixer network expected chosen_action_value with last 2 dimensions {(n, 1)}, but "
+                f"got {chosen_action_value.shape}: chosen_action_value has shape {q_shape}, expected "
+                f"[*B, n_agents, 1] with n_agents={n}: [*B, {n}, 1]"
             )
         if tuple(state.shape[:state.ndim - k]) != batch_shape:
             raise ValueError(
