@@ -392,6 +392,11 @@ def _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normaliz
 def _exclude_dims(dims: Sequence[int], advantage: Tensor) -> frozenset[int]:
     # TorchRL's _standardize rules: each dim in [-ndim, ndim), none repeated.
     ndim = advantage.ndim
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+        raise TypeError(
+            f"normalize_advantage_exclude_dims must be a sequence of ints (e.g. (-2,)), got "
+            f"{type(dims).__name__} {dims!r}"
+        )
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, int) or not -ndim <= d < ndim:
             raise ValueError(
@@ -449,6 +454,11 @@ def ppo_critic_loss(
         if old_value.shape != value.shape:
             raise ValueError(f"old_value has shape {tuple(old_value.shape)}, expected value's {tuple(value.shape)}")
         clip_value = _as_scalar_tensor("clip_value", clip_value, value)
+        # TorchRL clamps value - old_value to [-c, c]: a negative c makes that range empty and
+        # every value "clipped" to -c. Read where it is free (CPU, outside compile).
+        if (clip_value.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not float(clip_value) >= 0.0):
+            raise ValueError(f"clip_value must be >= 0 (the value-clipping range ±clip_value), got {float(clip_value)}")
     else:
         old_value = None
     if coeff is not None:
@@ -469,6 +479,14 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
     names, TorchRL's state_dict). Gradients reach ``q``, ``state`` and every parameter.
     """
     if not isinstance(params, QMixParams):
+        if isinstance(params, Tensor) or not isinstance(params, Sequence):
+            raise TypeError(
+                f"params must be a QMixParams or a sequence of its 10 or 14 tensors, got {type(params).__name__}"
+            )
+        if len(params) not in (10, 14):
+            raise ValueError(
+                f"params must hold 10 tensors (one-layer hypernetworks) or 14 (two-layer), got {len(params)}"
+            )
         params = QMixParams.from_flat(list(params))
     for name, x in (("q", q), ("state", state)):
         if not isinstance(x, Tensor):
@@ -477,6 +495,7 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if q.ndim != 2 or q.shape[0] == 0:
         raise ValueError(f"q has shape {tuple(q.shape)}, expected a non-empty [B, n]")
+    _check_qmix_params(params, q.shape[1])
     S = params.state_dim
     if tuple(state.shape) != (q.shape[0], S):
         raise ValueError(f"state has shape {tuple(state.shape)}, expected [B, S] = {(q.shape[0], S)}")
@@ -485,3 +504,38 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
     return qmix_ops.mix(q, state, params)
+
+
+def _check_qmix_params(params: QMixParams, n: int) -> None:
+    # Shapes from hyper_b_1's [E, S] (and hyper_w_1's first [H, S] for two layers), dtypes,
+    # presence: a wrong one fails here with its name instead of inside a matmul.
+    two_layer = params.two_layer
+    required = QMixParams._fields[:14 if two_layer else 10]
+    for name in required:
+        x = getattr(params, name)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"params.{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"params.{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if params.hyper_b1_weight.ndim != 2:
+        raise ValueError(f"params.hyper_b1_weight has shape {tuple(params.hyper_b1_weight.shape)}, expected [E, S]")
+    E, S = params.hyper_b1_weight.shape
+    H = params.hyper_w1_weight.shape[0] if two_layer else 0
+    first_w1, first_wf = (H, H) if two_layer else (n * E, E)
+    expected = {
+        "hyper_w1_weight": (first_w1, S), "hyper_w1_bias": (first_w1,),
+        "hyper_wf_weight": (first_wf, S), "hyper_wf_bias": (first_wf,),
+        "hyper_b1_weight": (E, S), "hyper_b1_bias": (E,), "v1_weight": (E, S), "v1_bias": (E,),
+        "v2_weight": (1, E), "v2_bias": (1,),
+    }
+    if two_layer:
+        expected.update(hyper_w1_out_weight=(n * E, H), hyper_w1_out_bias=(n * E,),
+                        hyper_wf_out_weight=(E, H), hyper_wf_out_bias=(E,))
+    for name, shape in expected.items():
+        got = tuple(getattr(params, name).shape)
+        if got != shape:
+            raise ValueError(
+                f"params.{name} has shape {got}, expected {shape} for q's n={n} agents, state dim "
+                f"S={S} and mixing width E={E} (from params.hyper_b1_weight [E, S])"
+                + (f", hypernetwork width H={H}" if two_layer else "")
+            )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,13 @@ from fastmarl.ops.dtypes import FLOAT_DTYPES
 from fastmarl.ops.qmix import QMixParams
 
 __all__ = ["MultiAgentMLP", "QMixer", "VDNMixer"]
+
+
+def _positive_int(value) -> bool:
+    try:
+        return operator.index(value) >= 1
+    except TypeError:
+        return False
 
 
 class QMixer(_TorchRLQMixer):
@@ -75,12 +83,14 @@ class QMixer(_TorchRLQMixer):
         if int(hypernet_embed) < 1:
             raise ValueError(f"hypernet_embed must be a positive integer, got {hypernet_embed!r}")
         for name, value in (("mixing_embed_dim", mixing_embed_dim), ("n_agents", n_agents)):
-            try:
-                positive = operator.index(value) >= 1
-            except TypeError:
-                positive = False
-            if not positive:
+            if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if (isinstance(state_shape, (str, bytes)) or not isinstance(state_shape, Sequence)
+                or not state_shape or not all(_positive_int(s) for s in state_shape)):
+            raise ValueError(
+                f"state_shape must be a tuple of positive integers (the state's shape without "
+                f"batch dims, e.g. (37,) or (64, 64, 3)), got {state_shape!r}"
+            )
         if hypernet_layers == 1:
             # TorchRL's own constructor: its layers, names and initialisation, in its order.
             super().__init__(state_shape, mixing_embed_dim, n_agents, device)
@@ -237,4 +247,6 @@ class VDNMixer(_TorchRLVDNMixer):
     optional like :class:`QMixer`."""
 
     def __init__(self, n_agents: int, device=None):
+        if not _positive_int(n_agents):
+            raise ValueError(f"n_agents must be a positive integer, got {n_agents!r}")
         super().__init__(n_agents=n_agents, device=device)
