@@ -414,3 +414,30 @@ def test_compile_no_recompilation_and_fewer_graph_breaks_than_torchrl():
     assert ours_breaks <= theirs_breaks, (ours_breaks, theirs_breaks)
     print(f"graph breaks: fastmarl {ours_breaks}, torchrl {theirs_breaks}; "
           f"graphs per call: fastmarl {ours_graphs}, torchrl {theirs_graphs}")
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2), (-3, -2, -1)])
+def test_every_dim_excluded_leaves_the_advantage_as_torchrl_does(dims):
+    # Issue 12: excluding every dim standardised the advantage anyway (0.1518 against TorchRL's
+    # 0.1673 through ClipPPOLoss); TorchRL leaves it as it is.
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(16)
+    results = [run(build(cls, actor, critic, normalize_advantage=True, normalize_advantage_exclude_dims=dims), td)
+               for cls in (fm.ClipPPOLoss, TorchRLClipPPOLoss)]
+    assert_same(*results)
+    raw = run(build(fm.ClipPPOLoss, actor, critic, normalize_advantage=False), td)
+    assert torch.equal(results[0][0]["loss_objective"], raw[0]["loss_objective"])
+
+
+@pytest.mark.parametrize("dims", [(5,), (-4,), (1, -2)], ids=["above", "below", "repeated"])
+def test_exclude_dims_out_of_range_or_repeated_raise_like_torchrl(dims):
+    # Issue 12: out-of-range dims wrapped modulo ndim; TorchRL raises ValueError, so does the
+    # drop-in (naming the argument, the advantage's shape and the valid range).
+    td = make_batch(16)
+    for cls in (fm.ClipPPOLoss, TorchRLClipPPOLoss):
+        loss = build(cls, make_actor(), make_critic(), normalize_advantage=True, normalize_advantage_exclude_dims=dims)
+        with pytest.raises(ValueError):
+            loss(td)
+    with pytest.raises(ValueError, match=r"normalize_advantage_exclude_dims=.* advantage of shape \(16, 3, 1\)"):
+        build(fm.ClipPPOLoss, make_actor(), make_critic(), normalize_advantage=True,
+              normalize_advantage_exclude_dims=dims)(td)
