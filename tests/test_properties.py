@@ -118,14 +118,20 @@ def _path_context(path: str, *ops: str):
 # --------------------------------------------------------------------------- GAE
 
 
+# Rows x features of the chunk-sized GAE examples: R*F = 16384, so that T = 16 steps fill the
+# CPU kernel's time chunk (CPU_CHUNK_ELEMENTS = 2**18) and 17 spill into a second one, in few
+# Python steps of the oracle's loop (1024 x 257 cost ~10x more time for the same check).
+GAE_CHUNK_BATCH, GAE_CHUNK_FEATURES = 64, (64, 4)
+
+
 def _gae_chunk_steps(size: str) -> int:
-    # R*F = 1024 rows x features: T steps fill the CPU kernel's time chunk exactly ("chunk"), or
-    # spill one step into a second chunk ("chunk+1").
-    return GAE_CHUNK_ELEMENTS // 1024 + (size == "chunk+1")
+    # T steps fill the CPU kernel's time chunk exactly ("chunk"), or spill one step ("chunk+1").
+    rows_features = GAE_CHUNK_BATCH * math.prod(GAE_CHUNK_FEATURES)
+    return GAE_CHUNK_ELEMENTS // rows_features + (size == "chunk+1")
 
 
 def _gae_case(size, dtype, path, **changes):
-    case = dict(shape=(16, _gae_chunk_steps(size), 16, 4), time_dim=1, dtype=dtype,
+    case = dict(shape=(GAE_CHUNK_BATCH, _gae_chunk_steps(size), *GAE_CHUNK_FEATURES), time_dim=1, dtype=dtype,
                 layouts=["transposed", "sliced", "contiguous"], team_signals=True, pattern="truncated",
                 flag_dtype=torch.bool, gamma=0.99, lmbda="tensor", path=path, seed=1)
     return {**case, **changes}
@@ -139,7 +145,7 @@ def gae_cases(draw):
         steps = draw(st.integers(1, 12))
         features = draw(st.lists(st.integers(1, 4), max_size=2))
     else:
-        batch, features = [16], [16, 4]
+        batch, features = [GAE_CHUNK_BATCH], list(GAE_CHUNK_FEATURES)
         steps = _gae_chunk_steps(size)
     shape = (*batch, steps, *features)
     t = len(batch)
