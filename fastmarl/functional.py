@@ -205,8 +205,15 @@ def _as_scalar_tensor(name: str, x, like: Tensor) -> Tensor:
     if isinstance(x, Tensor):
         if x.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a float or a floating-point tensor, got dtype {x.dtype}")
         return x.reshape(())
-    return torch.tensor(float(x), dtype=torch.float32, device=like.device)
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{name} must be a float or a one-element tensor, got {type(x).__name__}")
+    # A Python float is exact for float64 inputs (0.2 rounded to float32 clipped float64 values
+    # at 0.20000000298), float32 otherwise, as TorchRL's buffers are.
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(float(x), dtype=dtype, device=like.device)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -239,8 +246,9 @@ _FLOAT_BOUNDS: dict = {}
 def clip_bounds(clip_epsilon, like: Tensor) -> tuple[Tensor, Tensor]:
     """TorchRL's log-space bounds ``(log1p(-ε_low), log1p(ε_high))`` of a float, tensor or pair.
 
-    Bounds of Python floats are computed once per device and reused (read-only): making and
-    transforming two scalar tensors was 12 us of a 300 us loss call at 400x3 on the CPU machine.
+    Bounds of Python floats are float64 for a float64 ``like`` (exact), float32 otherwise (as
+    TorchRL's buffers), computed once per device and reused (read-only): making and transforming
+    two scalar tensors was 12 us of a 300 us loss call at 400x3 on the CPU machine.
     """
     if isinstance(clip_epsilon, (tuple, list)):
         if len(clip_epsilon) != 2:
@@ -251,7 +259,7 @@ def clip_bounds(clip_epsilon, like: Tensor) -> tuple[Tensor, Tensor]:
     _check_clip_epsilon(low, high)
     key = None
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not torch.compiler.is_compiling():
-        key = (float(low), float(high), like.device)
+        key = (float(low), float(high), like.device, like.dtype == torch.float64)
         cached = _FLOAT_BOUNDS.get(key)
         if cached is not None:
             return cached
@@ -297,11 +305,10 @@ def ppo_clip_loss(
     The gradient reaches ``log_prob``, and ``prev_log_prob``, ``advantage`` or a tensor ε too
     when they require grad. Half-precision inputs are computed in float32.
     """
-    low, high = clip_bounds(clip_epsilon, log_prob)
-    return ppo_clip_loss_with_bounds(
-        log_prob, prev_log_prob, advantage, low, high, normalize_advantage=normalize_advantage,
-        normalize_advantage_exclude_dims=normalize_advantage_exclude_dims, reduction=reduction,
-    )
+    _check_float("log_prob", log_prob)
+    low, high = clip_bounds(clip_epsilon, log_prob)  # validates ε
+    return _clip_loss(log_prob, prev_log_prob, advantage, low, high, normalize_advantage,
+                      normalize_advantage_exclude_dims, reduction)
 
 
 def ppo_clip_loss_with_bounds(
@@ -316,7 +323,39 @@ def ppo_clip_loss_with_bounds(
     reduction: str = "mean",
 ) -> dict[str, Tensor]:
     """:func:`ppo_clip_loss` with the log-space bounds given as tensors (``log1p(-ε_low)``,
-    ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them."""
+    ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them.
+
+    The bounds must be those of ``ε_low`` in [0, 1) and ``ε_high >= 0``: ``clip_low`` in
+    ``(-inf, 0]``, ``clip_high >= 0``. They are checked where reading them is free (CPU tensors,
+    outside ``torch.compile``): a ``ClipPPOLoss`` built with, or annealed to, ``ε = 1.5`` has a
+    NaN bound, with which TorchRL returns a NaN loss.
+    """
+    _check_log_clip_bounds(clip_low, clip_high)
+    return _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
+                      normalize_advantage_exclude_dims, reduction)
+
+
+def _check_log_clip_bounds(clip_low, clip_high) -> None:
+    for name, x in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() != 1:
+            got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a one-element floating-point tensor (a log-space clip bound), got {got}")
+    if clip_low.device.type != "cpu" or clip_high.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    low, high = float(clip_low), float(clip_high)
+    # NaN fails both tests: log1p of ε_low > 1 or ε_high < -1.
+    if not -math.inf < low <= 0.0:
+        eps = "> 1" if math.isnan(low) else f"= {-math.expm1(low):g}"
+        raise ValueError(f"clip_low = log1p(-ε_low) must lie in (-inf, 0] (clip_epsilon (low) in [0, 1)), "
+                         f"got {low} (clip_epsilon (low) {eps})")
+    if not high >= 0.0:
+        eps = "< -1" if math.isnan(high) else f"= {math.expm1(high):g}"
+        raise ValueError(f"clip_high = log1p(ε_high) must be >= 0 (clip_epsilon (high) >= 0), "
+                         f"got {high} (clip_epsilon (high) {eps})")
+
+
+def _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
+               normalize_advantage_exclude_dims, reduction) -> dict[str, Tensor]:
     _check_float("log_prob", log_prob)
     _check_float("prev_log_prob", prev_log_prob, log_prob.device)
     _check_float("advantage", advantage, log_prob.device)
@@ -326,6 +365,13 @@ def ppo_clip_loss_with_bounds(
         raise ValueError("log_prob is 0-dim; expected [*S] with a batch dim first (e.g. [N, A])")
     if prev_log_prob.shape != shape:
         raise ValueError(f"prev_log_prob has shape {tuple(prev_log_prob.shape)}, expected log_prob's [*S] = {tuple(shape)}")
+    if advantage.shape == shape:
+        raise ValueError(
+            f"advantage has shape {tuple(advantage.shape)}, expected [*S, 1] = {(*shape, 1)} for a "
+            f"log-prob of shape [*S] = {tuple(shape)}: it lacks its trailing value dim (use "
+            "advantage.unsqueeze(-1)); broadcast against the [*S, 1] log-weights it would turn the "
+            "objective into an outer product over samples"
+        )
     if advantage.shape != (*shape, 1):
         raise ValueError(
             f"advantage has shape {tuple(advantage.shape)}, expected [*S, 1] = {(*shape, 1)} "
@@ -346,6 +392,11 @@ def ppo_clip_loss_with_bounds(
 def _exclude_dims(dims: Sequence[int], advantage: Tensor) -> frozenset[int]:
     # TorchRL's _standardize rules: each dim in [-ndim, ndim), none repeated.
     ndim = advantage.ndim
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+        raise TypeError(
+            f"normalize_advantage_exclude_dims must be a sequence of ints (e.g. (-2,)), got "
+            f"{type(dims).__name__} {dims!r}"
+        )
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, int) or not -ndim <= d < ndim:
             raise ValueError(
@@ -403,6 +454,11 @@ def ppo_critic_loss(
         if old_value.shape != value.shape:
             raise ValueError(f"old_value has shape {tuple(old_value.shape)}, expected value's {tuple(value.shape)}")
         clip_value = _as_scalar_tensor("clip_value", clip_value, value)
+        # TorchRL clamps value - old_value to [-c, c]: a negative c makes that range empty and
+        # every value "clipped" to -c. Read where it is free (CPU, outside compile).
+        if (clip_value.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not float(clip_value) >= 0.0):
+            raise ValueError(f"clip_value must be >= 0 (the value-clipping range ±clip_value), got {float(clip_value)}")
     else:
         old_value = None
     if coeff is not None:
@@ -423,6 +479,14 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
     names, TorchRL's state_dict). Gradients reach ``q``, ``state`` and every parameter.
     """
     if not isinstance(params, QMixParams):
+        if isinstance(params, Tensor) or not isinstance(params, Sequence):
+            raise TypeError(
+                f"params must be a QMixParams or a sequence of its 10 or 14 tensors, got {type(params).__name__}"
+            )
+        if len(params) not in (10, 14):
+            raise ValueError(
+                f"params must hold 10 tensors (one-layer hypernetworks) or 14 (two-layer), got {len(params)}"
+            )
         params = QMixParams.from_flat(list(params))
     for name, x in (("q", q), ("state", state)):
         if not isinstance(x, Tensor):
@@ -431,6 +495,7 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if q.ndim != 2 or q.shape[0] == 0:
         raise ValueError(f"q has shape {tuple(q.shape)}, expected a non-empty [B, n]")
+    _check_qmix_params(params, q.shape[1])
     S = params.state_dim
     if tuple(state.shape) != (q.shape[0], S):
         raise ValueError(f"state has shape {tuple(state.shape)}, expected [B, S] = {(q.shape[0], S)}")
@@ -439,3 +504,38 @@ def qmix_mixer(q: Tensor, state: Tensor, params: QMixParams | Sequence[Tensor]) 
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
     return qmix_ops.mix(q, state, params)
+
+
+def _check_qmix_params(params: QMixParams, n: int) -> None:
+    # Shapes from hyper_b_1's [E, S] (and hyper_w_1's first [H, S] for two layers), dtypes,
+    # presence: a wrong one fails here with its name instead of inside a matmul.
+    two_layer = params.two_layer
+    required = QMixParams._fields[:14 if two_layer else 10]
+    for name in required:
+        x = getattr(params, name)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"params.{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"params.{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if params.hyper_b1_weight.ndim != 2:
+        raise ValueError(f"params.hyper_b1_weight has shape {tuple(params.hyper_b1_weight.shape)}, expected [E, S]")
+    E, S = params.hyper_b1_weight.shape
+    H = params.hyper_w1_weight.shape[0] if two_layer else 0
+    first_w1, first_wf = (H, H) if two_layer else (n * E, E)
+    expected = {
+        "hyper_w1_weight": (first_w1, S), "hyper_w1_bias": (first_w1,),
+        "hyper_wf_weight": (first_wf, S), "hyper_wf_bias": (first_wf,),
+        "hyper_b1_weight": (E, S), "hyper_b1_bias": (E,), "v1_weight": (E, S), "v1_bias": (E,),
+        "v2_weight": (1, E), "v2_bias": (1,),
+    }
+    if two_layer:
+        expected.update(hyper_w1_out_weight=(n * E, H), hyper_w1_out_bias=(n * E,),
+                        hyper_wf_out_weight=(E, H), hyper_wf_out_bias=(E,))
+    for name, shape in expected.items():
+        got = tuple(getattr(params, name).shape)
+        if got != shape:
+            raise ValueError(
+                f"params.{name} has shape {got}, expected {shape} for q's n={n} agents, state dim "
+                f"S={S} and mixing width E={E} (from params.hyper_b1_weight [E, S])"
+                + (f", hypernetwork width H={H}" if two_layer else "")
+            )

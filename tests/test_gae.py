@@ -236,6 +236,26 @@ def test_long_horizon_crosses_cpu_chunks():
         assert_close(a, e.grad, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("path", ["op", "composite"])
+def test_half_precision_is_computed_in_float32_on_every_path(dtype, path):
+    # The docstring's promise ("accumulated in float32"), also on the composite path (a γ tensor
+    # that requires grad, or forced), whose value target was the half-rounded advantage plus the
+    # value in the half dtype. Every element within one half-ulp (+0.5%) of the float64 result
+    # on the same inputs: one rounding of a float32 computation.
+    shape = (8, 40, 3, 1)
+    value, next_value, reward, done, terminated = make_gae_inputs(shape, pattern="truncated", dtype=dtype)
+    gamma = torch.full((1, 40, 1, 1), 0.99, requires_grad=path == "composite")
+    with fastmarl.ops.force_path(path, "gae"):
+        adv, target = gae(gamma, 0.95, value, next_value, reward, done, terminated, time_dim=-3)
+    ref_adv, ref_target = gae_reference(gamma.detach().double(), 0.95, value.double(), next_value.double(),
+                                        reward.double(), done, terminated, time_dim=-3)
+    for out, ref in ((adv, ref_adv), (target, ref_target)):
+        assert out.dtype == dtype
+        ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(torch.finfo(dtype).tiny))))
+        assert ((out.double() - ref).abs() / (ulp / 2)).max() <= 1.005
+
+
 def test_double_backward_is_exact():
     # gae_backward is linear in its gradients: its own derivative is the forward op, so second
     # derivatives (a Hessian-vector product through GAE) match TorchRL's loop.

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from helpers import assert_close
-from ppo_cases import KEYS, OBS, make_actor, make_batch, make_critic
+from ppo_cases import ACT, KEYS, OBS, make_actor, make_batch, make_critic
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
 from torchrl.modules import PopArtValueNorm, RunningValueNorm
@@ -298,12 +298,93 @@ def test_loss_accepts_tensors_without_tensordict():
         assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_bad_advantage_shape_is_a_clear_error():
+def test_advantage_without_its_value_dim_is_a_clear_error():
+    # A [*S] advantage against [*S, 1] log-weights would broadcast to an outer product over the
+    # samples. TorchRL refuses it with an "outer product" message for a flat batch
+    # (test_ppo_flat_advantage_raises) and fails deep inside its forward with a size mismatch
+    # for per-agent data; the drop-in raises the functional's error in both, which names the
+    # argument, the expected shape and the outer product.
     loss = build(fm.MAPPOLoss, make_actor(), make_critic())
     td = make_batch(16)
     td.set("advantage", torch.randn(16, 3))
-    with pytest.raises(ValueError, match=r"advantage has shape \(16, 3\), expected \[\*S, 1\]"):
+    with pytest.raises(ValueError, match=r"advantage has shape \(16, 3\), expected \[\*S, 1\] = \(16, 3, 1\) "
+                                         r".* outer product over samples"):
         loss(td)
+    with pytest.raises(RuntimeError, match="must match the size"):  # TorchRL's, for comparison
+        build(TorchRLMAPPOLoss, make_actor(), make_critic())(td)
+    td.set("advantage", torch.randn(16, 2, 1))
+    with pytest.raises(ValueError, match=r"advantage has shape \(16, 2, 1\), expected \[\*S, 1\] = \(16, 3, 1\)"):
+        loss(td)
+
+
+def test_team_advantage_broadcast_over_agents_matches_torchrl():
+    # A team advantage [N, 1, 1] against per-agent log-probs [N, A]: TorchRL broadcasts it over
+    # the agents; the drop-in runs TorchRL's forward for it, so the numbers are TorchRL's.
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(24)
+    td.set("advantage", torch.randn(24, 1, 1))
+    results = [run(build(cls, actor, critic), td) for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss)]
+    assert_same(*results, rtol=0, atol=0)
+
+
+def _parameter_free_actor():
+    # Loc and scale read straight from the observation: no parameters at all, so TorchRL keeps a
+    # plain TensorDict (not a TensorDictParams) as actor_network_params.
+    from torchrl.modules import ProbabilisticActor, TanhNormal
+
+    net = TensorDictModule(lambda obs: (obs[..., :ACT], obs[..., ACT:2 * ACT].exp()),
+                           in_keys=[("agents", "observation")], out_keys=[("agents", "loc"), ("agents", "scale")])
+    return ProbabilisticActor(net, in_keys=[("agents", "loc"), ("agents", "scale")], out_keys=[("agents", "action")],
+                              distribution_class=TanhNormal, distribution_kwargs={"low": -1.0, "high": 1.0},
+                              return_log_prob=True, log_prob_key=("agents", "sample_log_prob"))
+
+
+def _parameter_free_critic():
+    return TensorDictModule(lambda obs: obs.sum(-1, keepdim=True), in_keys=[("agents", "observation")],
+                            out_keys=[("agents", "state_value")])
+
+
+@pytest.mark.parametrize("actor_kind,critic_kind", [("free", "mlp"), ("mlp", "free")])
+def test_parameter_free_actor_or_critic_matches_torchrl(actor_kind, critic_kind):
+    # Issue 12: the functional loss crashed in FunctionalParams ('TensorDict' object has no
+    # attribute '_param_td') for a module without parameters (TorchRL's test_ppo_composite_dists,
+    # test_ppo_marl_aggregate).
+    results = []
+    for cls in (fm.MAPPOLoss, TorchRLMAPPOLoss):
+        actor = _parameter_free_actor() if actor_kind == "free" else make_actor()
+        critic = _parameter_free_critic() if critic_kind == "free" else make_critic()
+        loss = build(cls, actor, critic, functional=True)
+        assert loss.functional
+        results.append(run(loss, make_batch(24)))
+    assert_same(*results)
+
+
+@pytest.mark.parametrize("cls", [fm.ClipPPOLoss, fm.MAPPOLoss, fm.IPPOLoss])
+@pytest.mark.parametrize("epsilon,match", [
+    (1.5, r"clip_epsilon \(low\) must lie in \[0, 1\), got 1.5"),
+    (1.0, r"clip_epsilon \(low\) must lie in \[0, 1\), got 1.0"),
+    (-0.2, r"clip_epsilon \(low\) must lie in \[0, 1\), got -0.2"),
+])
+def test_float_clip_epsilon_out_of_range_is_rejected(cls, epsilon, match):
+    # TorchRL builds these (its loss is then NaN for 1.5 and clips every ratio for -0.2).
+    TorchRLClipPPOLoss(make_actor(), make_critic(), clip_epsilon=epsilon)
+    with pytest.raises(ValueError, match=match):
+        cls(make_actor(), make_critic(), clip_epsilon=epsilon)
+
+
+def test_clip_epsilon_annealed_out_of_range_is_rejected_at_the_forward():
+    loss = build(fm.MAPPOLoss, make_actor(), make_critic(), clip_epsilon=0.2)
+    td = make_batch(8)
+    loss(td)
+    loss.clip_epsilon.fill_(1.5)  # a schedule writing the buffer in place
+    with pytest.raises(ValueError, match=r"clip_low = log1p\(-ε_low\) .* got nan \(clip_epsilon \(low\) > 1\)"):
+        loss(td)
+    loss.clip_epsilon.fill_(0.3)
+    loss(td)
+    pair = build(fm.ClipPPOLoss, make_actor(), make_critic(), clip_epsilon=(0.1, 0.3))
+    pair.clip_epsilon_high.fill_(-0.5)
+    with pytest.raises(ValueError, match=r"clip_high = log1p\(ε_high\) must be >= 0 .*clip_epsilon \(high\) = -0.5"):
+        pair(td)
 
 
 def test_compile_no_recompilation_and_fewer_graph_breaks_than_torchrl():
@@ -339,3 +420,30 @@ def test_compile_no_recompilation_and_fewer_graph_breaks_than_torchrl():
     assert ours_breaks <= theirs_breaks, (ours_breaks, theirs_breaks)
     print(f"graph breaks: fastmarl {ours_breaks}, torchrl {theirs_breaks}; "
           f"graphs per call: fastmarl {ours_graphs}, torchrl {theirs_graphs}")
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2), (-3, -2, -1)])
+def test_every_dim_excluded_leaves_the_advantage_as_torchrl_does(dims):
+    # Issue 12: excluding every dim standardised the advantage anyway (0.1518 against TorchRL's
+    # 0.1673 through ClipPPOLoss); TorchRL leaves it as it is.
+    actor, critic = make_actor(), make_critic()
+    td = make_batch(16)
+    results = [run(build(cls, actor, critic, normalize_advantage=True, normalize_advantage_exclude_dims=dims), td)
+               for cls in (fm.ClipPPOLoss, TorchRLClipPPOLoss)]
+    assert_same(*results)
+    raw = run(build(fm.ClipPPOLoss, actor, critic, normalize_advantage=False), td)
+    assert torch.equal(results[0][0]["loss_objective"], raw[0]["loss_objective"])
+
+
+@pytest.mark.parametrize("dims", [(5,), (-4,), (1, -2)], ids=["above", "below", "repeated"])
+def test_exclude_dims_out_of_range_or_repeated_raise_like_torchrl(dims):
+    # Issue 12: out-of-range dims wrapped modulo ndim; TorchRL raises ValueError, so does the
+    # drop-in (naming the argument, the advantage's shape and the valid range).
+    td = make_batch(16)
+    for cls in (fm.ClipPPOLoss, TorchRLClipPPOLoss):
+        loss = build(cls, make_actor(), make_critic(), normalize_advantage=True, normalize_advantage_exclude_dims=dims)
+        with pytest.raises(ValueError):
+            loss(td)
+    with pytest.raises(ValueError, match=r"normalize_advantage_exclude_dims=.* advantage of shape \(16, 3, 1\)"):
+        build(fm.ClipPPOLoss, make_actor(), make_critic(), normalize_advantage=True,
+              normalize_advantage_exclude_dims=dims)(td)

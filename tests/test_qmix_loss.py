@@ -124,7 +124,7 @@ def test_loss_after_target_update_and_optimizer_step():
 def test_loss_with_other_mixers_is_torchrls(mixer_cls):
     theirs = _build_loss(mixer_cls, TorchRLQMixerLoss)
     ours = _build_loss(mixer_cls, QMixerLoss)
-    assert not ours._fast_path()
+    assert ours._fused_forward is None
     expected_data, actual_data = _loss_data(), _loss_data()
     (e_out, e_grads), (a_out, a_grads) = _loss_step(theirs, expected_data), _loss_step(ours, actual_data)
     assert torch.equal(a_out["loss"], e_out["loss"])
@@ -227,10 +227,58 @@ def test_seed_page_qmix_example_by_import_swap(capsys):
         exec(SEED_PAGE_QMIX_EXAMPLE.replace("{imports}", imports), namespace)
         results[name] = namespace
     assert isinstance(results["fastmarl"]["loss"], QMixerLoss)
-    assert results["fastmarl"]["loss"]._fast_path()
+    loss = results["fastmarl"]["loss"]
+    assert loss._fused_forward is not None and loss._fast_target()
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and all(line.startswith("tensor(") for line in printed)
     expected, actual = results["torchrl"]["loss_td"]["loss"], results["fastmarl"]["loss_td"]["loss"]
     scaled_close(actual, expected, 2e-6, "loss")
     assert expected.item() > 0  # the zero-state example still has a nonzero Bellman error
     scaled_close(results["fastmarl"]["td"]["td_error"], results["torchrl"]["td"]["td_error"], 2e-5, "td_error")
+
+
+def test_reset_parameters_recursive_resets_online_and_target_networks():
+    # Issue 12: the mixer kept in the loss's __dict__ for the fused call was an nn.Module there,
+    # which LossModule.reset_parameters_recursive() tried to reset as one of the loss's networks
+    # ("'QMixer' object has no attribute 'reset_parameters_recursive'").
+    loss = _build_loss(QMixer, QMixerLoss, delay_value=True)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    torch.manual_seed(5)
+    loss.reset_parameters_recursive()
+    after = loss.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Every weight of the online and target Q-network and mixer is redrawn.
+    assert {k for k in before if k.endswith("weight")} <= changed
+    assert any("target_mixer" in k for k in changed) and any("target_local" in k for k in changed)
+    assert loss._fused_forward is not None  # still the fused path, on the new parameters
+    data = _loss_data()
+    theirs = _build_loss(TorchRLQMixer, TorchRLQMixerLoss, delay_value=True)
+    theirs.load_state_dict(loss.state_dict())
+    expected_data = _loss_data()
+    _assert_losses_agree(_loss_step(theirs, expected_data), _loss_step(loss, data), expected_data, data, 2e-6)
+
+
+@pytest.mark.parametrize("missing", [("agents", "chosen_action_value"), "state"])
+def test_missing_mixer_input_is_a_key_error_like_torchrl(missing):
+    # Issue 12: the fused call passed None to the mixer (a TypeError) where TorchRL's
+    # TensorDictModule raises KeyError.
+    for loss_cls, mixer_cls in ((QMixerLoss, QMixer), (TorchRLQMixerLoss, TorchRLQMixer)):
+        loss = _build_loss(mixer_cls, loss_cls)
+        mixer = loss.mixer_network
+        wrong = "other" if missing == "state" else ("agents", "other")
+        mixer.in_keys = [wrong if k == missing else k for k in mixer.in_keys]
+        loss = loss_cls(loss.local_value_network, mixer, action_space="categorical")
+        with pytest.raises(KeyError, match="other"):
+            loss(_loss_data())
+
+
+def test_mixer_output_key_not_the_global_value_key_is_torchrls_key_error():
+    # The mixer writes ("nested", "other") while the loss reads "chosen_action_value": TorchRL's
+    # message, raised before the default value estimator is built (TorchRL's test_mixer_keys).
+    for loss_cls, mixer_cls in ((QMixerLoss, QMixer), (TorchRLQMixerLoss, TorchRLQMixer)):
+        loss = _build_loss(mixer_cls, loss_cls)
+        mixer = TensorDictModule(loss.mixer_network.module, in_keys=loss.mixer_network.in_keys,
+                                 out_keys=[("nested", "other")])
+        loss = loss_cls(loss.local_value_network, mixer, action_space="categorical")
+        with pytest.raises(KeyError, match='key "chosen_action_value" not found in TensorDict'):
+            loss(_loss_data())

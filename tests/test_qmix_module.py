@@ -206,3 +206,20 @@ def test_cuda_wide_mixer_takes_the_torch_path():
 def test_module_imports_are_the_drop_in_paths():
     assert fastmarl.modules.QMixer is fm_multiagent.QMixer is QMixer
     assert issubclass(QMixer, TorchRLQMixer)
+
+
+def test_errors_start_with_torchrls_messages():
+    # Code written against TorchRL's QMixer may match on its messages (TorchRL's own
+    # test_mixer_malformed_input does): each check TorchRL makes raises with TorchRL's sentence
+    # first, in TorchRL's order (the state before the Q-values), then fastmarl's detail.
+    ours, theirs = QMixer((S,), 8, 3), TorchRLQMixer((S,), 8, 3, "cpu")
+    cases = [
+        ((torch.randn(4, 3, 1),), r"^Mixer that needs state was passed more than 2 inputs"),
+        ((torch.randn(4, 3, 2), torch.randn(4, S)),
+         r"^Mixer network expected chosen_action_value with last 2 dimensions \(3, 1\)"),
+        ((torch.randn(4, 3, 2), torch.randn(4, S, 1)), r"^Mixer network expected state with ending shape"),
+    ]
+    for inputs, match in cases:
+        for mixer in (ours, theirs):
+            with pytest.raises(ValueError, match=match):
+                mixer(*inputs)

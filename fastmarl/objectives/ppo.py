@@ -23,6 +23,7 @@ action distributions, validity masks in the input (``("collector", "mask")``,
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -31,7 +32,7 @@ from tensordict.nn import CompositeDistribution, dispatch
 from torchrl.objectives.ppo import ClipPPOLoss as _TorchRLClipPPOLoss
 
 from fastmarl import _compat
-from fastmarl.functional import ppo_clip_loss_with_bounds, ppo_critic_loss
+from fastmarl.functional import clip_bounds, ppo_clip_loss_with_bounds, ppo_critic_loss
 from fastmarl.objectives.common import (
     fastmarl_value_estimators,
     make_value_estimator_with,
@@ -41,8 +42,21 @@ from fastmarl.objectives.common import (
 __all__ = ["ClipPPOLoss"]
 
 
+def _broadcasts_to(shape, target) -> bool:
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
+
+
 class FusedPPOMixin:
     """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family."""
+
+    def _check_clip_epsilon(self) -> None:
+        # Called at the end of __init__. TorchRL validates a (ε_low, ε_high) pair but, "for
+        # backward compatibility", not a float ε, with which its loss is NaN (ε > 1: log1p(-ε) is
+        # NaN) or clips every ratio (ε < 0). The drop-in rejects those with the pair's range; the
+        # forward checks the bounds again (CPU buffers), for a schedule that anneals ε out of range.
+        epsilon = getattr(self, "clip_epsilon", None)  # the float's buffer (a pair has two others)
+        if isinstance(epsilon, torch.Tensor) and epsilon.numel() == 1:
+            clip_bounds(float(epsilon), epsilon)
 
     def make_value_estimator(self, value_type=None, **hyperparams):
         value_type, hp = _compat.prepare_value_estimator_kwargs(self, value_type, **hyperparams)
@@ -118,6 +132,14 @@ class FusedPPOMixin:
         if per_token or not isinstance(prev_log_prob, torch.Tensor):
             # One log-weight per action token against one advantage per decision: TorchRL
             # broadcasts the advantage; the op covers one ratio per sample.
+            return super().forward(tensordict)
+        if ((advantage.shape != (*log_prob.shape, 1) or prev_log_prob.shape != log_prob.shape)
+                and _broadcasts_to(advantage.shape, (*log_prob.shape, 1))
+                and _broadcasts_to(prev_log_prob.shape, log_prob.shape)):
+            # E.g. a team advantage [N, 1, 1] against per-agent log-probs [N, A]: TorchRL
+            # broadcasts it, and its forward computes that case. Shapes that do not broadcast get
+            # the functional's error naming the argument (a flat [N] advantage: TorchRL's "outer
+            # product" error, or a size mismatch deep inside its forward).
             return super().forward(tensordict)
 
         surrogate = ppo_clip_loss_with_bounds(
@@ -196,5 +218,11 @@ class ClipPPOLoss(FusedPPOMixin, _TorchRLClipPPOLoss):
         "fastmarl's :class:`torchrl.objectives.ClipPPOLoss`: same constructor, keys and outputs; "
         "the surrogate and the critic loss run as fused ops (see :mod:`fastmarl.objectives.ppo` "
         "for what falls back to TorchRL's math). ``ValueEstimators.GAE``/``MAGAE`` build "
-        "fastmarl's estimators.\n\n" + (_TorchRLClipPPOLoss.__doc__ or "")
+        "fastmarl's estimators. A float ``clip_epsilon`` outside [0, 1) raises ``ValueError`` "
+        "(TorchRL checks only a pair).\n\n" + (_TorchRLClipPPOLoss.__doc__ or "")
     )
+
+    @functools.wraps(_TorchRLClipPPOLoss.__init__)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._check_clip_epsilon()

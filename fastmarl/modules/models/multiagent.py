@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,13 @@ from fastmarl.ops.dtypes import FLOAT_DTYPES
 from fastmarl.ops.qmix import QMixParams
 
 __all__ = ["MultiAgentMLP", "QMixer", "VDNMixer"]
+
+
+def _positive_int(value) -> bool:
+    try:
+        return operator.index(value) >= 1
+    except TypeError:
+        return False
 
 
 class QMixer(_TorchRLQMixer):
@@ -75,12 +83,14 @@ class QMixer(_TorchRLQMixer):
         if int(hypernet_embed) < 1:
             raise ValueError(f"hypernet_embed must be a positive integer, got {hypernet_embed!r}")
         for name, value in (("mixing_embed_dim", mixing_embed_dim), ("n_agents", n_agents)):
-            try:
-                positive = operator.index(value) >= 1
-            except TypeError:
-                positive = False
-            if not positive:
+            if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if (isinstance(state_shape, (str, bytes)) or not isinstance(state_shape, Sequence)
+                or not state_shape or not all(_positive_int(s) for s in state_shape)):
+            raise ValueError(
+                f"state_shape must be a tuple of positive integers (the state's shape without "
+                f"batch dims, e.g. (37,) or (64, 64, 3)), got {state_shape!r}"
+            )
         if hypernet_layers == 1:
             # TorchRL's own constructor: its layers, names and initialisation, in its order.
             super().__init__(state_shape, mixing_embed_dim, n_agents, device)
@@ -140,8 +150,10 @@ class QMixer(_TorchRLQMixer):
         """``Q_tot`` ``[*B, 1]`` of ``chosen_action_value`` ``[*B, n_agents, 1]`` and ``state``
         ``[*B, *state_shape]``; bad input raises an error naming the argument and shape."""
         if len(inputs) != 2:
+            # TorchRL's message first (code may match on it), then what is expected.
             raise ValueError(
-                f"QMixer takes (chosen_action_value, state), got {len(inputs)} input(s)"
+                f"Mixer that needs state was passed more than 2 inputs: QMixer takes "
+                f"(chosen_action_value, state), got {len(inputs)} input(s)"
             )
         chosen_action_value, state = inputs
         return self.fused_forward(chosen_action_value, state, self.mixer_params())
@@ -190,18 +202,22 @@ class QMixer(_TorchRLQMixer):
         n = self.n_agents
         state_shape = tuple(self.state_shape)
         q_shape = tuple(chosen_action_value.shape)
-        if q_shape[-2:] != (n, 1):
-            raise ValueError(
-                f"chosen_action_value has shape {q_shape}, expected [*B, n_agents, 1] with "
-                f"n_agents={n}: [*B, {n}, 1]"
-            )
+        # TorchRL's sentences first, in its order, where TorchRL checks the same thing (code may
+        # match on them).
         batch_shape = q_shape[:-2]
         expected_state = (*batch_shape, *state_shape)
         k = len(state_shape)
         if state.ndim < k or tuple(state.shape[state.ndim - k:]) != state_shape:
             raise ValueError(
-                f"state has shape {tuple(state.shape)}, expected [*B, *state_shape] = "
-                f"{expected_state} (state_shape={state_shape})"
+                f"Mixer network expected state with ending shape {self.state_shape}, but got state "
+                f"shape {state.shape}: state has shape {tuple(state.shape)}, expected "
+                f"[*B, *state_shape] = {expected_state} (state_shape={state_shape})"
+            )
+        if q_shape[-2:] != (n, 1):
+            raise ValueError(
+                f"Mixer network expected chosen_action_value with last 2 dimensions {(n, 1)}, but "
+                f"got {chosen_action_value.shape}: chosen_action_value has shape {q_shape}, expected "
+                f"[*B, n_agents, 1] with n_agents={n}: [*B, {n}, 1]"
             )
         if tuple(state.shape[:state.ndim - k]) != batch_shape:
             raise ValueError(
@@ -230,4 +246,6 @@ class VDNMixer(_TorchRLVDNMixer):
     optional like :class:`QMixer`."""
 
     def __init__(self, n_agents: int, device=None):
+        if not _positive_int(n_agents):
+            raise ValueError(f"n_agents must be a positive integer, got {n_agents!r}")
         super().__init__(n_agents=n_agents, device=device)

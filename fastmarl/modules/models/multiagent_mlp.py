@@ -90,16 +90,39 @@ class MultiAgentMLP(_TorchRLMultiAgentMLP):
 
     @functools.wraps(_TorchRLMultiAgentMLP.__init__)
     def __init__(self, *args, **kwargs):
+        bound = _INIT_SIGNATURE.bind(None, *args, **kwargs).arguments
+        for name in ("n_agents", "n_agent_outputs"):
+            value = bound.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        depth = bound.get("depth")
+        if isinstance(depth, int) and depth < 0:
+            raise ValueError(f"depth must be a non-negative integer (the number of hidden layers), got {depth}")
         super().__init__(*args, **kwargs)
         # In __dict__, not as submodules: the state_dict and parameters stay TorchRL's.
         self.__dict__["_fastmarl_plan"] = _plan(self)
 
+    def _check_input(self, x) -> None:
+        # What TorchRL's forward would fail on deep inside (a matmul, an IndexError), named here;
+        # TorchRL's own check of the agent dim follows (_pre_forward_check, its message).
+        if not isinstance(x, Tensor):
+            raise TypeError(f"MultiAgentMLP input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"MultiAgentMLP input must be a floating-point tensor, got {x.dtype}")
+        features = self.n_agent_inputs
+        if x.ndim < 2 or (features is not None and x.shape[-1] != features):
+            raise ValueError(
+                f"MultiAgentMLP input has shape {tuple(x.shape)}, expected [*B, n_agents, "
+                f"n_agent_inputs] = [*B, {self.n_agents}, {features if features is not None else 'F'}]"
+            )
+
     def forward(self, *inputs: Tensor) -> Tensor:
+        x = torch.cat([*inputs], -1) if len(inputs) > 1 else inputs[0]
+        self._check_input(x)
         plan = self.__dict__.get("_fastmarl_plan")
         if plan is None:
-            return super().forward(*inputs)
+            return super().forward(x)
         layers, keys = plan
-        x = torch.cat([*inputs], -1) if len(inputs) > 1 else inputs[0]
         x = _compat.pre_forward_check(self, x)  # [*B, A, F] checked; centralised: [*B, A * F]
         leaves = iter(_compat.param_leaves(self.params, keys))
         A = self.n_agents
@@ -168,7 +191,8 @@ def _activation(module: nn.Module, x: Tensor, compiling: bool) -> Tensor:
     return module(x)
 
 
-MultiAgentMLP.__init__.__signature__ = inspect.signature(_TorchRLMultiAgentMLP.__init__)
+_INIT_SIGNATURE = inspect.signature(_TorchRLMultiAgentMLP.__init__)
+MultiAgentMLP.__init__.__signature__ = _INIT_SIGNATURE
 
 
 class MLPParamsSwap:

@@ -9,6 +9,8 @@ the default estimator is fastmarl's ``MultiAgentGAE``.
 
 from __future__ import annotations
 
+import functools
+
 from torchrl.objectives.multiagent.mappo import IPPOLoss as _TorchRLIPPOLoss
 from torchrl.objectives.multiagent.mappo import MAPPOLoss as _TorchRLMAPPOLoss
 
@@ -23,9 +25,17 @@ class MAPPOLoss(ClipPPOLoss, _TorchRLMAPPOLoss):
         "ops, fastmarl's MultiAgentGAE by default).\n\n" + (_TorchRLMAPPOLoss.__doc__ or "")
     )
 
+    @functools.wraps(_TorchRLMAPPOLoss.__init__)  # TorchRL's signature, for inspect and docs
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
 
 class IPPOLoss(MAPPOLoss, _TorchRLIPPOLoss):
     __doc__ = (
         "fastmarl's :class:`torchrl.objectives.multiagent.IPPOLoss` (fused surrogate and critic "
         "ops, fastmarl's MultiAgentGAE by default).\n\n" + (_TorchRLIPPOLoss.__doc__ or "")
     )
+
+    @functools.wraps(_TorchRLIPPOLoss.__init__)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)

@@ -47,14 +47,16 @@ class QMixerLoss(_TorchRLQMixerLoss):
         super().__init__(*args, **kwargs)
         mixer = self.mixer_network
         module = getattr(mixer, "module", None)
-        # In __dict__, not as a submodule: the loss's state_dict stays TorchRL's.
-        self.__dict__["_fused_mixer"] = None
+        # The mixer's fused_forward, a bound method: not a submodule (the loss's state_dict
+        # stays TorchRL's) and not an nn.Module in __dict__ either, which LossModule's
+        # reset_parameters_recursive() would try to reset as one of the loss's networks.
+        self.__dict__["_fused_forward"] = None
         if isinstance(mixer, TensorDictModule) and isinstance(module, QMixer):
             names = MODULE_PARAM_NAMES[module.hypernet_layers]
             # Positions of the op's tensors among the parameter TensorDict's leaves.
             keys = [".".join(k[1:]) for k in self.mixer_network_params.keys(True, True)]
             if sorted(keys) == sorted(names) and len(mixer.in_keys) == 2:
-                self.__dict__["_fused_mixer"] = module
+                self.__dict__["_fused_forward"] = module.fused_forward
                 self._mixer_order = [keys.index(name) for name in names]
         # Parameter swaps into the local Q-network (online and target) without to_module when
         # its parameters all live in fastmarl MultiAgentMLPs: TorchRL's swap copies a
@@ -80,17 +82,20 @@ class QMixerLoss(_TorchRLQMixerLoss):
 
     def _mix(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         # What self.mixer_network(tensordict) does under params.to_module(...), without the swap.
+        # A missing input raises KeyError naming the key, as TensorDictModule does in TorchRL's path.
         mixer = self.mixer_network
-        chosen_action_value, state = (tensordict.get(key) for key in mixer.in_keys)
-        q_tot = self._fused_mixer.fused_forward(chosen_action_value, state, self._mixer_params(params))
+        chosen_action_value, state = (tensordict[key] for key in mixer.in_keys)
+        q_tot = self._fused_forward(chosen_action_value, state, self._mixer_params(params))
         tensordict.set(mixer.out_keys[0], q_tot)
         return q_tot
 
-    def _fast_path(self) -> bool:
+    def _fast_target(self) -> bool:
+        # Whether the estimator needs nothing but next_value from the loss (then the loss computes
+        # it with the fused mixer). Read after the online pass, in TorchRL's order: building the
+        # default estimator checks its keys, and a missing key must fail as TorchRL's does.
         estimator = self.value_estimator
         return (
-            self._fused_mixer is not None
-            and type(estimator) in _TD_ESTIMATORS
+            type(estimator) in _TD_ESTIMATORS
             and estimator.value_network is self.global_value_network
             and not getattr(estimator, "shifted", False)
         )
@@ -106,7 +111,7 @@ class QMixerLoss(_TorchRLQMixerLoss):
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         """TorchRL's ``QMixerLoss.forward``: writes the TD-error priority, returns ``"loss"``."""
-        if not self._fast_path():
+        if self._fused_forward is None:
             return super().forward(tensordict)
         td_copy = tensordict.clone(False)
         self._local_values(td_copy, self.local_value_network_params)
@@ -125,6 +130,10 @@ class QMixerLoss(_TorchRLQMixerLoss):
         td_copy.set(self.tensor_keys.local_value, pred_val_index)  # [*B, n_agents, 1]
         self._mix(td_copy, self.mixer_network_params)
         pred_val_index = td_copy[self.tensor_keys.global_value].squeeze(-1)  # [*B]
+        if not self._fast_target():
+            # Another estimator (GAE, V-trace, a shifted TD): TorchRL's forward from the start,
+            # which swaps the target parameters in for it.
+            return super().forward(tensordict)
 
         # The TD estimators read target_params only to compute next_value, given here.
         target_value = self.value_estimator.value_estimate(

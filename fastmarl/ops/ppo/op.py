@@ -220,6 +220,8 @@ class _FusedClip(torch.autograd.Function):
             grad = _clip_backward_torch(grad_loss, log_prob, prev_log_prob, advantage, clip_low,
                                         clip_high, adv_mean, adv_std, ctx.groups, ctx.reduction)
         else:
+            # In the residual's (accumulation) dtype: a bf16 grad_loss * 1/N rounded in bf16
+            # first was up to 1.6 bf16 half-ulps off the float64 gradient.
             scale = 1.0 / d_gain.numel() if ctx.reduction == "mean" else 1.0
             # grad_loss in the residual's float32 first: a float16 grad_loss / N is subnormal
             # from N ~ 10^4 on, and rounding it there cost float16 gradients ~0.3% (fastmarl check).
@@ -237,12 +239,16 @@ def ppo_clip(
     shape = log_prob.shape
     normalize = normalize and advantage.numel() > 1
     groups = 1
+    out_dtype = result_dtype(log_prob, prev_log_prob, advantage)
     if normalize and exclude_dims:
         if exclude_dims == {advantage.ndim - 2}:
             groups = advantage.shape[-2]  # per agent: the kernels' column groups
         else:
-            # Any other exclusion: TorchRL's standardisation first, then no normalisation.
-            advantage = cpu.standardize_advantage(advantage, tuple(sorted(exclude_dims)))
+            # Any other exclusion: TorchRL's standardisation first, then no normalisation; in the
+            # accumulation dtype, as the kernels standardise (in bf16 it was 5% off the float64
+            # loss at N=7), the results cast back to the inputs' dtype below.
+            advantage = cpu.standardize_advantage(cast(advantage, accumulate_dtype(out_dtype)),
+                                                  tuple(sorted(exclude_dims)))
             normalize = False
     N, M = shape[0], math.prod(shape[1:])
     args = (log_prob.reshape(N, M), prev_log_prob.reshape(N, M), advantage.reshape(N, M),
@@ -256,7 +262,7 @@ def ppo_clip(
     else:
         loss, *diagnostics = _clip_forward_cpu(*args)[:6]
         clip_fraction, kl, ess, max_ratio, mean_ratio = (x.detach() for x in diagnostics)
-    return {
+    out = {
         "loss_objective": loss.reshape(shape) if reduction == "none" else loss,
         "clip_fraction": clip_fraction,
         "kl_approx": kl,
@@ -264,6 +270,7 @@ def ppo_clip(
         "max_ratio": max_ratio,
         "mean_ratio": mean_ratio,
     }
+    return {key: cast(x, out_dtype) for key, x in out.items()}
 
 
 # --------------------------------------------------------------------------- the critic
