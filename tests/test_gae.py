@@ -9,6 +9,7 @@ from torchrl.objectives.value.functional import (
 )
 
 from fastmarl.objectives.value.functional import generalized_advantage_estimate as gae
+from fastmarl.ops import force_path
 from fastmarl.ops.gae import cpu as gae_cpu
 from fastmarl.ops.gae.naive import gae as gae_reference
 
@@ -246,7 +247,7 @@ def test_half_precision_is_computed_in_float32_on_every_path(dtype, path):
     shape = (8, 40, 3, 1)
     value, next_value, reward, done, terminated = make_gae_inputs(shape, pattern="truncated", dtype=dtype)
     gamma = torch.full((1, 40, 1, 1), 0.99, requires_grad=path == "composite")
-    with fastmarl.ops.force_path(path, "gae"):
+    with force_path(path, "gae"):
         adv, target = gae(gamma, 0.95, value, next_value, reward, done, terminated, time_dim=-3)
     ref_adv, ref_target = gae_reference(gamma.detach().double(), 0.95, value.double(), next_value.double(),
                                         reward.double(), done, terminated, time_dim=-3)

@@ -12,7 +12,6 @@ Everything is a tensor or a number, so that ``torch.load(weights_only=True)`` re
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import torch

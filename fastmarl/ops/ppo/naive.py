@@ -85,8 +85,12 @@ def ppo_critic(
     loss_type: str = "smooth_l1",
     reduction: str = "mean",
     explained_variance: bool = True,
+    eps: float | None = None,
 ) -> dict[str, Tensor]:
     """``PPOLoss.loss_critic`` after the value network (and any ValueNorm), op for op.
+
+    ``eps`` of the explained variance is ``torch.finfo(target.dtype).eps``, TorchRL's; an oracle
+    computing in float64 for inputs of another dtype passes that dtype's.
 
     ``target``/``value``/``old_value`` ``[*S, 1]``. Returns ``loss_critic`` (``coeff`` times the
     distance, the clipped one where worse, reduced then ``squeeze(-1)``),
@@ -105,7 +109,7 @@ def ppo_critic(
             tgt, pred = target.detach(), value.detach()
             residual_variance = torch.var(tgt - pred, correction=0, dim=0)
             out["explained_variance"] = 1.0 - residual_variance / (
-                torch.var(tgt, correction=0, dim=0) + torch.finfo(tgt.dtype).eps)
+                torch.var(tgt, correction=0, dim=0) + (torch.finfo(tgt.dtype).eps if eps is None else eps))
     if coeff is not None:
         loss = coeff * loss
     out["loss_critic"] = _reduce(loss, reduction).squeeze(-1)
