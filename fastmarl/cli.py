@@ -280,17 +280,20 @@ def _launch(args) -> int:
 
     if _under_torchrun():
         return _fail("train", "--nproc launches torchrun; this process already is a torchrun rank (drop --nproc)")
-    if args.resume is None:
-        config, code = _validated_config(args, "train")
-        if config is None:
-            return code
-    else:
-        from fastmarl.training.driver import open_checkpoint
+    from fastmarl.training.distributed import check_config
 
-        try:  # the checks every rank would make, before starting any
-            open_checkpoint(args.resume, args.resume_iters, args.nproc)
-        except RunError as err:
-            return _fail("train", str(err))
+    try:  # the checks every rank would make, before starting any
+        if args.resume is None:
+            config, code = _validated_config(args, "train")
+            if config is None:
+                return code
+        else:
+            from fastmarl.training.driver import open_checkpoint
+
+            config = open_checkpoint(args.resume, args.resume_iters, args.nproc)[2]
+        check_config(config, args.nproc)
+    except RunError as err:
+        return _fail("train", str(err))
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 

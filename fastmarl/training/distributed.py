@@ -43,8 +43,8 @@ import torch
 
 from fastmarl.training.config import RunError, TrainConfig
 
-__all__ = ["DistContext", "launched_by_torchrun", "init_process_group", "rank_seed", "train_rank",
-           "DEFAULT_TIMEOUT_S"]
+__all__ = ["DistContext", "init_process_group", "rank_seed", "train_rank",
+           "check_config", "describe", "DEFAULT_TIMEOUT_S"]
 
 # Seconds a collective waits for the other ranks before failing. Longer than any wait of a
 # healthy run between two collectives: the ranks meet at every gradient step, and the longest
@@ -52,12 +52,6 @@ __all__ = ["DistContext", "launched_by_torchrun", "init_process_group", "rank_se
 # 45-49 s to compile on the CPU machine, on every rank at once).
 DEFAULT_TIMEOUT_S = 300.0
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def launched_by_torchrun(environ=None) -> bool:
-    """Whether this process is a rank started by torchrun (or any launcher setting its variables)."""
-    environ = os.environ if environ is None else environ
-    return all(name in environ for name in ("RANK", "WORLD_SIZE"))
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -143,12 +137,12 @@ def init_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Dis
                        backend=backend, timeout_s=timeout_s)
 
 
-def check_config(config: TrainConfig, ctx: DistContext) -> None:
-    """Options that cannot run data-parallel: ``RunError`` before any work."""
+def check_config(config: TrainConfig, world_size: int) -> None:
+    """Options that cannot run data-parallel on ``world_size`` ranks: ``RunError`` before any work."""
     if config.cudagraph:
         raise RunError("--cudagraph is not supported under torchrun: capturing the gradient all-reduce in a "
                        "CUDA graph has not been tested (use --compile)")
-    if config.normalize_advantage and config.backend != "fastmarl" and ctx.world_size > 1:
+    if config.normalize_advantage and config.backend != "fastmarl" and world_size > 1:
         raise RunError("--normalize-advantage with --backend torchrl under torchrun would standardise each rank's "
                        "shard with its own statistics (TorchRL has no cross-rank statistics); use --backend "
                        "fastmarl, whose loss standardises with every rank's")
@@ -209,11 +203,13 @@ def train_rank(config: TrainConfig | None, *, out=None, resume=None, iters=None,
             device = _read_checkpoint(resume)[2].device
         else:
             device = "cpu"
+        if config is not None:
+            check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
         ctx = init_process_group(device, timeout_s)
         if config is not None and resume is None and out is None:
             out = ctx.broadcast_from_main(str(default_run_dir(config)))
         run = Run.open(config, out=out, resume=resume, iters=iters, dist=ctx)
-        check_config(run.config, ctx)
+        check_config(run.config, ctx.world_size)  # a resumed run's configuration
         if ctx.is_main and on_start is not None:
             on_start(ctx, run)
         result = run_loop(run, progress=progress and ctx.is_main)
