@@ -376,6 +376,36 @@ def test_a_failing_rank_ends_the_run_with_its_name(tmp_path, action, expected):
     assert not (tmp_path / "run" / "metrics.json").is_file() or len(_metrics(tmp_path / "run")) == 1
 
 
+def test_nproc_passes_every_option_to_the_ranks_and_summarises_a_failure(monkeypatch, tmp_path, capsys):
+    """``fastmarl train --nproc 2 ...`` runs torchrun's launcher with the same options (less
+    --nproc) and turns its ChildFailedError into one line (no launcher traceback)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    import torch.distributed.run as launcher
+    from fastmarl import cli
+
+    argv = ["train", "--nproc", "2", "--lr", "0.0003", "--gamma", "0.95", "--normalize-advantage", "--no-save-buffer",
+            "--out", str(tmp_path / "run"), "--dist-timeout", "7.5", "--no-progress", *TINY[:-1]]
+    seen = {}
+
+    def fake_run(args):
+        seen["args"] = args
+        failure = ProcessFailure(local_rank=1, pid=1, exitcode=1, error_file=str(tmp_path / "none.json"))
+        raise ChildFailedError("fastmarl", {1: failure})
+
+    monkeypatch.setattr(launcher, "run", fake_run)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "fastmarl train: error: 1 of 2 rank(s) failed, first rank 1 (exit status 1)" in err
+    assert "Traceback" not in err
+    args = seen["args"]
+    assert args.nproc_per_node == "2" and args.standalone and args.module
+    rank_args = cli.build_parser().parse_args(args.training_script_args)
+    expected = cli.build_parser().parse_args(argv[:1] + argv[3:])  # less "--nproc 2"
+    assert vars(rank_args) == {**vars(expected), "func": rank_args.func}
+    assert rank_args.nproc is None and rank_args.dist_timeout == 7.5
+
+
 # --------------------------------------------------------------------------- CUDA
 
 

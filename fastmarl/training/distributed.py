@@ -198,9 +198,9 @@ def train_rank(config: TrainConfig | None, *, out=None, resume=None, iters=None,
         if config is not None and config.device != "cpu":
             device = config.device
         elif resume is not None:
-            from fastmarl.training.driver import _read_checkpoint
+            from fastmarl.training.driver import open_checkpoint
 
-            device = _read_checkpoint(resume)[2].device
+            device = open_checkpoint(resume, iters, int(os.environ.get("WORLD_SIZE", "1")))[2].device
         else:
             device = "cpu"
         if config is not None:
@@ -219,17 +219,17 @@ def train_rank(config: TrainConfig | None, *, out=None, resume=None, iters=None,
             print(f"fastmarl train: error: {err}", file=sys.stderr)
         return 2, None
     except BaseException as err:  # noqa: BLE001  (reported with the rank, then a non-zero exit)
-        from fastmarl.training.driver import _one_line
+        from fastmarl.training.driver import one_line
 
         rank = f"rank {ctx.rank} of {ctx.world_size}" if ctx is not None else f"rank {os.environ.get('RANK', '?')}"
         where = f" in iteration {len(run.rows) + 1}" if run is not None else " while starting"
         if ctx is not None and _is_collective_failure(err):
             print(f"fastmarl train: error: {rank}: a collective with the other ranks failed{where} "
-                  f"({_one_line(err)}): another rank failed, was killed or hung for more than --dist-timeout "
+                  f"({one_line(err)}): another rank failed, was killed or hung for more than --dist-timeout "
                   f"{ctx.timeout_s:g} s; its own error names it", file=sys.stderr)
         else:
             traceback.print_exc()
-            print(f"fastmarl train: error: {rank} failed{where}: {_one_line(err)}", file=sys.stderr)
+            print(f"fastmarl train: error: {rank} failed{where}: {one_line(err)}", file=sys.stderr)
         return (130 if isinstance(err, KeyboardInterrupt) else 1), None
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -54,7 +54,7 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.algo}-{config.scenario}-{config.backend}-{stamp}"
 
 
-def _one_line(err: BaseException, limit: int = 240) -> str:
+def one_line(err: BaseException, limit: int = 240) -> str:
     """An exception as one short line (load_state_dict errors span lines and repr TensorDicts)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = " ".join(lines[:2]) or type(err).__name__
@@ -81,7 +81,7 @@ def _read_checkpoint(resume: str | Path) -> tuple[Path, dict, TrainConfig]:
     try:
         state = load_checkpoint(path)
     except Exception as err:  # EOFError, UnpicklingError, RuntimeError from zip reading, ...
-        raise RunError(f"{where}: {path} is not a readable fastmarl checkpoint ({_one_line(err)})") from None
+        raise RunError(f"{where}: {path} is not a readable fastmarl checkpoint ({one_line(err)})") from None
     if not isinstance(state, dict):
         raise RunError(f"{where}: {path} holds a {type(state).__name__}, not a fastmarl checkpoint")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
@@ -151,7 +151,7 @@ class Run:
             except Exception as err:
                 self.trainer.close()
                 raise RunError(f"{where}: the checkpoint does not fit the networks of its configuration "
-                               f"({_one_line(err)})") from None
+                               f"({one_line(err)})") from None
             self.rows = [dict(row) for row in state["metrics"]]
             self.timer.history = [dict(p) for p in state["phases"]]
             self.start_iteration = int(state["iteration"])
