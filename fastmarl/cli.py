@@ -380,6 +380,8 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
+    if _under_torchrun():
+        return _fail("compare", "compare runs both backends in one process; launch it without torchrun")
     missing = _missing_extra("compare")
     if missing:
         print(missing, file=sys.stderr)

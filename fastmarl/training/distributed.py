@@ -222,7 +222,8 @@ def train_rank(config: TrainConfig | None, *, out=None, resume=None, iters=None,
         from fastmarl.training.driver import one_line
 
         rank = f"rank {ctx.rank} of {ctx.world_size}" if ctx is not None else f"rank {os.environ.get('RANK', '?')}"
-        where = f" in iteration {len(run.rows) + 1}" if run is not None else " while starting"
+        where = (" while starting" if run is None else " while finishing" if run.done
+                 else f" in iteration {len(run.rows) + 1}")
         if ctx is not None and _is_collective_failure(err):
             print(f"fastmarl train: error: {rank}: a collective with the other ranks failed{where} "
                   f"({one_line(err)}): another rank failed, was killed or hung for more than --dist-timeout "

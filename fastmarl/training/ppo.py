@@ -6,7 +6,9 @@ TanhNormal policy, ``ClipPPOLoss`` with ``normalize_advantage=False`` and GAE fr
 ``ClipPPOLoss`` and ``ValueEstimators`` are imported from, and each phase is timed. MAPPO's
 critic is centralised, IPPO's per agent. With ``compile``/``cudagraph`` the minibatch step is
 :class:`fastmarl.UpdateStep` (phases ``compile``, its first calls, and ``update``); otherwise
-the tutorial's loop, timed as loss forward, backward and optimizer.
+the tutorial's loop, timed as loss forward, backward and optimizer. Under torchrun each rank runs
+this loop on its own environments with the gradients averaged over the ranks
+(:mod:`fastmarl.training.distributed`).
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class CollectingTrainer:
     _collector = None
     # Checkpointed parts that differ between the ranks of a torchrun launch (the rest is shared).
     PER_RANK: tuple[str, ...] = ()
+    dist = None  # a fastmarl.training.distributed.DistContext under torchrun
 
     def start(self, remaining_iters: int) -> None:
         self._collector = Collector(
