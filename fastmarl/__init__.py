@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = ["HAS_TRITON", "UpdateStep", "__version__", "make_optimizer"]
 
-_SUBMODULES = {"functional", "modules", "objectives", "ops", "training"}
+_SUBMODULES = {"distributed", "functional", "modules", "objectives", "ops", "training"}
 
 
 def __getattr__(name: str):

@@ -337,3 +337,34 @@ def tensorclass_memo() -> dict | None:
 
     memo = getattr(utils, "_TENSORCLASS_MEMO", None)
     return memo if isinstance(memo, dict) else None
+
+
+# --------------------------------------------------------------------------- torch.distributed
+
+
+def _functional_collectives():
+    # torch.distributed._functional_collectives: the collectives torch.compile traces into its
+    # graph (as _c10d_functional ops) and that eager autograd differentiates. Imported on use:
+    # torch.distributed is not built on every platform.
+    from torch.distributed import _functional_collectives
+
+    return _functional_collectives
+
+
+def all_gather_autograd(tensor: torch.Tensor, group) -> torch.Tensor:
+    """``[W * d0, ...]``: every rank's ``tensor`` concatenated along dim 0 in rank order, through
+    the functional collective, so that it is traced by ``torch.compile`` and differentiable:
+    its backward is a reduce-scatter of the gradient with sum (a rank's input gets the sum over
+    the ranks of the gradients of its slice). torch 2.13 names it ``all_gather_single_autograd``
+    (and deprecates the older ``all_gather_tensor_autograd``, used when the new name is absent)."""
+    funcol = _functional_collectives()
+    gather = getattr(funcol, "all_gather_single_autograd", None)
+    if gather is not None:
+        return gather(tensor, 0, group)
+    return funcol.all_gather_tensor_autograd(tensor, 0, group)
+
+
+def all_reduce_functional(tensor: torch.Tensor, op: str, group) -> torch.Tensor:
+    """A new tensor: ``tensor`` reduced (``"sum"``, ``"max"``...) over ``group`` by the functional
+    collective (traced by ``torch.compile``; eagerly, waited on at first use)."""
+    return _functional_collectives().all_reduce(tensor, op, group)

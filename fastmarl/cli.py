@@ -194,6 +194,9 @@ _TRAIN_SWITCHES = [
     ("--compile", "compile", "store_true",
      "compile the whole update step (fastmarl.UpdateStep; compile time is its own phase)"),
     ("--cudagraph", "cudagraph", "store_true", "capture the update step in a CUDA graph (needs --device cuda)"),
+    ("--normalize-advantage", "normalize_advantage", "store_true",
+     "PPO: standardise the advantage per agent (MAPPOLoss's default; the tutorial does not); under torchrun "
+     "with the statistics of every rank's minibatch"),
     ("--no-save-buffer", "save_buffer", "store_false",
      "QMIX: leave the replay buffer out of checkpoint.pt (smaller, but a resumed run starts from an "
      "empty buffer and is no longer exact)"),
@@ -245,9 +248,97 @@ def _validated_config(args, command: str):
     return config, 0
 
 
+def _under_torchrun() -> bool:
+    import os
+
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _rank_argv(args) -> list[str]:
+    """The options of this ``fastmarl train`` call, less ``--nproc``, for each rank to parse again."""
+    given = vars(args)
+    argv = []
+    for flag, name, _, _ in _TRAIN_OPTIONS:
+        if name in given:
+            argv += [flag, repr(given[name]) if isinstance(given[name], float) else str(given[name])]
+    argv += [flag for flag, name, _, _ in _TRAIN_SWITCHES if name in given]
+    if "out" in given:
+        argv += ["--out", given["out"]]
+    if args.no_progress:
+        argv.append("--no-progress")
+    if args.resume is not None:
+        argv += ["--resume", args.resume]
+    if args.resume_iters is not None:
+        argv += ["--resume-iters", str(args.resume_iters)]
+    if args.dist_timeout is not None:
+        argv += ["--dist-timeout", repr(args.dist_timeout)]
+    return argv
+
+
+def _launch(args) -> int:
+    """``fastmarl train --nproc N ...``: ``torchrun --standalone --nproc-per-node N -m fastmarl train ...``
+    in this process (torch's launcher), with a one-line summary instead of its traceback on failure."""
+    from fastmarl.training import RunError
+
+    if _under_torchrun():
+        return _fail("train", "--nproc launches torchrun; this process already is a torchrun rank (drop --nproc)")
+    from fastmarl.training.distributed import check_config
+
+    try:  # the checks every rank would make, before starting any
+        if args.resume is None:
+            config, code = _validated_config(args, "train")
+            if config is None:
+                return code
+        else:
+            from fastmarl.training.driver import open_checkpoint
+
+            config = open_checkpoint(args.resume, args.resume_iters, args.nproc)[2]
+        check_config(config, args.nproc)
+    except RunError as err:
+        return _fail("train", str(err))
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "fastmarl", "train",
+                        *_rank_argv(args)]))
+    except ChildFailedError as err:
+        failures = sorted(err.failures.items(), key=lambda item: item[1].timestamp)
+        codes = sorted({failure.exitcode for _, failure in failures})
+        first_rank, first = failures[0]
+        print(f"fastmarl train: error: {len(failures)} of {args.nproc} rank(s) failed, first rank {first_rank} "
+              f"(exit status {first.exitcode}); each rank's own error is printed above", file=sys.stderr)
+        return 2 if codes == [2] else 1
+    return 0
+
+
+def _train_rank(args, config) -> int:
+    """One rank of a torchrun launch (rank 0 prints)."""
+    from fastmarl.training.distributed import DEFAULT_TIMEOUT_S, describe, train_rank
+    from fastmarl.training.run import phase_table
+
+    def on_start(ctx, run):
+        print(describe(run.config, ctx, run.path), flush=True)
+
+    code, result = train_rank(config, out=getattr(args, "out", None), resume=args.resume, iters=args.resume_iters,
+                              progress=not args.no_progress, on_start=on_start,
+                              timeout_s=DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout)
+    if code or result is None:
+        return code
+    rows = result["metrics"]
+    print(f"run folder: {result['run_dir']}")
+    print("mean episode reward per iteration: " + ", ".join(f"{r['episode_reward_mean']:.3f}" for r in rows))
+    print(phase_table(result["phase_seconds"], len(rows)))
+    return 0
+
+
 def _train(args) -> int:
     given = _given_options(args)
     out = getattr(args, "out", None)
+    if args.dist_timeout is not None and not (args.dist_timeout > 0):
+        return _fail("train", f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    if args.dist_timeout is not None and args.nproc is None and not _under_torchrun():
+        return _fail("train", "--dist-timeout applies to a distributed run: add --nproc N or launch with torchrun")
     if args.resume is None:
         if args.resume_iters is not None:
             return _fail("train", "--resume-iters needs --resume RUN_FOLDER (a new run takes --iters)")
@@ -262,11 +353,17 @@ def _train(args) -> int:
         return 2
     from fastmarl.training import RunError
 
+    if args.nproc is not None:
+        _quiet_torchrl()
+        return _launch(args)
+    config = None
     if args.resume is None:
         config, code = _validated_config(args, "train")
         if config is None:
             return code
     _quiet_torchrl()
+    if _under_torchrun():
+        return _train_rank(args, config)
     from fastmarl.training import train
     from fastmarl.training.run import phase_table
 
@@ -285,6 +382,8 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
+    if _under_torchrun():
+        return _fail("compare", "compare runs both backends in one process; launch it without torchrun")
     missing = _missing_extra("compare")
     if missing:
         print(missing, file=sys.stderr)
@@ -366,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(no other training option may be given)")
     train.add_argument("--resume-iters", type=_positive_int, default=None, metavar="N",
                        help="with --resume: train up to N iterations in all (default: the run's --iters)")
+    train.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                       help="data-parallel on N processes: launches torchrun --standalone --nproc-per-node N -m "
+                            "fastmarl train with the other options (--frames-per-batch and --minibatch are per rank)")
+    train.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                       help="distributed runs: seconds a collective waits for the other ranks before the run "
+                            "fails (default: 300)")
     train.set_defaults(func=_train)
     compare = sub.add_parser(
         "compare", help="the same run with TorchRL's and fastmarl's losses, taking turns minibatch by minibatch",

@@ -30,7 +30,7 @@ from fastmarl.ops.qmix.params import QMixParams
 
 __all__ = [
     "generalized_advantage_estimate", "ppo_clip_loss", "ppo_clip_loss_with_bounds",
-    "ppo_critic_loss", "qmix_mixer", "clip_bounds",
+    "ppo_critic_loss", "qmix_mixer", "clip_bounds", "check_process_group",
 ]
 
 # --------------------------------------------------------------------------- GAE
@@ -282,6 +282,7 @@ def ppo_clip_loss(
     normalize_advantage: bool = False,
     normalize_advantage_exclude_dims: Sequence[int] = (),
     reduction: str = "mean",
+    process_group=None,
 ) -> dict[str, Tensor]:
     """``ClipPPOLoss``'s clipped surrogate and diagnostics in one op call.
 
@@ -296,6 +297,14 @@ def ppo_clip_loss(
             ``normalize_advantage_exclude_dims``: ``(-2,)`` is per agent (``MAPPOLoss``);
             excluding every dim leaves the advantage as it is.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        process_group: a ``torch.distributed.ProcessGroup`` (e.g. ``torch.distributed.group.WORLD``)
+            whose ranks each hold a shard of the minibatch: with ``normalize_advantage``, the
+            mean and unbiased std (per agent, with the exclusion above) are those of every
+            rank's advantage together, merged exactly from per-rank (count, mean, M2) partials
+            gathered by one all-gather (see :mod:`fastmarl.ops.ppo.collective`; traced by
+            ``torch.compile``, gloo and NCCL, no host sync, differentiable). Every rank of the
+            group must make the call. ``None`` (default) or a one-rank group: this rank's
+            statistics, as TorchRL.
 
     Returns:
         TorchRL's entries: ``loss_objective`` (reduced; ``[*S]`` for ``"none"``),
@@ -308,7 +317,7 @@ def ppo_clip_loss(
     _check_float("log_prob", log_prob)
     low, high = clip_bounds(clip_epsilon, log_prob)  # validates ε
     return _clip_loss(log_prob, prev_log_prob, advantage, low, high, normalize_advantage,
-                      normalize_advantage_exclude_dims, reduction)
+                      normalize_advantage_exclude_dims, reduction, process_group)
 
 
 def ppo_clip_loss_with_bounds(
@@ -321,6 +330,7 @@ def ppo_clip_loss_with_bounds(
     normalize_advantage: bool = False,
     normalize_advantage_exclude_dims: Sequence[int] = (),
     reduction: str = "mean",
+    process_group=None,
 ) -> dict[str, Tensor]:
     """:func:`ppo_clip_loss` with the log-space bounds given as tensors (``log1p(-ε_low)``,
     ``log1p(ε_high)``), as a ``ClipPPOLoss`` keeps them.
@@ -332,7 +342,7 @@ def ppo_clip_loss_with_bounds(
     """
     _check_log_clip_bounds(clip_low, clip_high)
     return _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
-                      normalize_advantage_exclude_dims, reduction)
+                      normalize_advantage_exclude_dims, reduction, process_group)
 
 
 def _check_log_clip_bounds(clip_low, clip_high) -> None:
@@ -355,7 +365,8 @@ def _check_log_clip_bounds(clip_low, clip_high) -> None:
 
 
 def _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normalize_advantage,
-               normalize_advantage_exclude_dims, reduction) -> dict[str, Tensor]:
+               normalize_advantage_exclude_dims, reduction, process_group) -> dict[str, Tensor]:
+    check_process_group(process_group)
     _check_float("log_prob", log_prob)
     _check_float("prev_log_prob", prev_log_prob, log_prob.device)
     _check_float("advantage", advantage, log_prob.device)
@@ -386,7 +397,25 @@ def _clip_loss(log_prob, prev_log_prob, advantage, clip_low, clip_high, normaliz
             f"agent dim (-2 of [*B, A, 1]), but advantage of shape {tuple(advantage.shape)} has no agent dim"
         )
     return ppo_ops.ppo_clip(log_prob, prev_log_prob, advantage, clip_low.reshape(()), clip_high.reshape(()),
-                            normalize=normalize_advantage, exclude_dims=exclude, reduction=reduction)
+                            normalize=normalize_advantage, exclude_dims=exclude, reduction=reduction,
+                            process_group=process_group)
+
+
+def check_process_group(process_group) -> None:
+    """``process_group`` is ``None`` or a ``torch.distributed.ProcessGroup`` of an initialised
+    default group (skipped while ``torch.compile`` traces: checked on the eager calls)."""
+    if process_group is None or torch.compiler.is_compiling():
+        return
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("process_group was given, but this torch build has no torch.distributed")
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(f"process_group must be a torch.distributed.ProcessGroup (e.g. torch.distributed.group.WORLD) "
+                        f"or None, got {type(process_group).__name__}")
+    if not dist.is_initialized():
+        raise RuntimeError("process_group was given, but torch.distributed is not initialised: call "
+                           "torch.distributed.init_process_group first (torchrun sets up its environment)")
 
 
 def _exclude_dims(dims: Sequence[int], advantage: Tensor) -> frozenset[int]:

@@ -16,6 +16,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from fastmarl import _compat
+from fastmarl.distributed import average_gradients
 
 __all__ = ["UpdateStep", "make_optimizer"]
 
@@ -74,7 +75,9 @@ class UpdateStep:
        ``"loss"``: ``loss_objective``, ``loss_critic``, ``loss_entropy``, QMIX's ``loss``);
     3. its gradients with respect to the optimizer's parameters, written into their ``.grad``
        (which are zeroed first: one step, no accumulation across calls);
-    4. ``torch.nn.utils.clip_grad_norm_(..., max_grad_norm, foreach=True)`` when
+    4. with a ``process_group``, the gradients averaged over its ranks (one all-reduce of the
+       flattened gradients, :func:`fastmarl.distributed.average_gradients`), then
+       ``torch.nn.utils.clip_grad_norm_(..., max_grad_norm, foreach=True)`` when
        ``max_grad_norm`` is given;
     5. ``optimizer.step()``;
     6. ``after_step()`` when given (e.g. ``SoftUpdate(loss, tau=...).step`` for QMIX's targets).
@@ -113,6 +116,11 @@ class UpdateStep:
             one step.
         after_step: a callable run at the end of the step, inside the compiled / captured
             program (it must be capture-safe itself: ``SoftUpdate.step`` is).
+        process_group: a ``torch.distributed.ProcessGroup`` for data-parallel training: each
+            rank calls the step on its own shard and the gradients are averaged over the ranks
+            before clipping (a functional collective, inside the compiled graph), so every rank
+            takes the same step. Why not ``DistributedDataParallel``: :mod:`fastmarl.distributed`.
+            Not with ``cudagraph=True`` (capturing collectives was not tested: no GPU).
 
     Capture and randomness: the Monte-Carlo entropy samples (``TanhNormal`` has no closed-form
     entropy) and any other random op draw from torch's default generator on each call: fresh
@@ -165,6 +173,7 @@ class UpdateStep:
         compile: bool | dict = False,
         cudagraph: bool = False,
         after_step: Callable[[], object] | None = None,
+        process_group=None,
     ):
         if not callable(loss_module):
             raise TypeError(f"loss_module must be a callable loss module, got {type(loss_module).__name__}")
@@ -188,6 +197,13 @@ class UpdateStep:
             raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
         if after_step is not None and not callable(after_step):
             raise TypeError(f"after_step must be callable or None, got {type(after_step).__name__}")
+        if process_group is not None:
+            from fastmarl.functional import check_process_group
+
+            check_process_group(process_group)
+            if cudagraph:
+                raise ValueError("process_group with cudagraph=True is not supported: capturing the gradient "
+                                 "all-reduce in a CUDA graph has not been tested (use compile=True)")
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("optimizer has no parameter that requires grad")
@@ -207,6 +223,7 @@ class UpdateStep:
         self.loss_keys = loss_keys
         self.max_grad_norm = max_grad_norm
         self.after_step = after_step
+        self.process_group = process_group
         self.compile = bool(compile)
         self.cudagraph = bool(cudagraph)
         self._params = params
@@ -276,6 +293,8 @@ class UpdateStep:
             torch._foreach_copy_([b for b, _ in reached], [g for _, g in reached])
         if missed:
             torch._foreach_zero_(missed)
+        if self.process_group is not None:
+            average_gradients(self._grads, self.process_group)
         if self.max_grad_norm is not None:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm, foreach=True)
         self._optimizer_step()

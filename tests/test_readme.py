@@ -80,6 +80,15 @@ def plan(command: str) -> tuple[str, list[str] | None]:
         keep = [a for a in argv[2:] if not a.startswith("--json")]
         return "benchmarl fps, tiny", [sys.executable, str(ROOT / argv[1]), *keep, "--rounds", "1", "--frames", "120",
                                        "--steps", "1"]
+    if argv[:1] == ["torchrun"]:
+        # A 2-rank run on this machine (gloo), tiny; a resume keeps its checkpoint's configuration.
+        launch = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+        if "--resume" in argv:
+            i = launch.index("--resume-iters")
+            return "torchrun resume", launch[: i + 1] + ["3"] + launch[i + 2:] + ["--no-progress"]
+        return "torchrun tiny training", launch + TINY_TRAIN
+    if argv[:2] == ["python", "bench/dist_throughput.py"]:
+        return "dist throughput, commands checked", [sys.executable, str(ROOT / argv[1]), *argv[2:], "--dry-run"]
     if argv[:2] == ["fastmarl", "train"] and "--resume" in argv:
         i = argv.index("--resume-iters")
         return "resume", argv[: i + 1] + ["3"] + argv[i + 2:] + ["--no-progress"]

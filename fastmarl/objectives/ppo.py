@@ -24,6 +24,7 @@ action distributions, validity masks in the input (``("collector", "mask")``,
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 
 import torch
@@ -32,7 +33,7 @@ from tensordict.nn import CompositeDistribution, dispatch
 from torchrl.objectives.ppo import ClipPPOLoss as _TorchRLClipPPOLoss
 
 from fastmarl import _compat
-from fastmarl.functional import clip_bounds, ppo_clip_loss_with_bounds, ppo_critic_loss
+from fastmarl.functional import check_process_group, clip_bounds, ppo_clip_loss_with_bounds, ppo_critic_loss
 from fastmarl.objectives.common import (
     fastmarl_value_estimators,
     make_value_estimator_with,
@@ -47,7 +48,33 @@ def _broadcasts_to(shape, target) -> bool:
 
 
 class FusedPPOMixin:
-    """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family."""
+    """The fused ``forward`` and fastmarl's value estimators, for TorchRL's ClipPPOLoss family.
+
+    One option beyond TorchRL's constructor, ``advantage_stats_group`` (keyword, default
+    ``None``): a ``torch.distributed.ProcessGroup`` whose ranks each hold a shard of the
+    minibatch. With ``normalize_advantage``, the advantage is standardised with the (per-agent,
+    for ``normalize_advantage_exclude_dims=(-2,)``) mean and unbiased std of every rank's
+    shard together: one all-gather per loss call (:func:`fastmarl.functional.ppo_clip_loss`'s
+    ``process_group``). It is a plain attribute (settable later, never in ``state_dict``).
+    Configurations that run TorchRL's own ``forward`` (see the module docstring) cannot honour
+    it and raise instead of standardising each shard on its own.
+    """
+
+    def __init__(self, *args, advantage_stats_group=None, **kwargs):
+        check_process_group(advantage_stats_group)
+        super().__init__(*args, **kwargs)
+        self.advantage_stats_group = advantage_stats_group
+        self._check_clip_epsilon()
+
+    def _torchrl_forward(self, tensordict: TensorDictBase, why: str) -> TensorDictBase:
+        # TorchRL's forward standardises with this rank's statistics only.
+        if self.advantage_stats_group is not None and self.normalize_advantage and self.advantage_norm is None:
+            raise ValueError(
+                f"advantage_stats_group is set, but this call runs TorchRL's own forward ({why}), which "
+                "standardises the advantage with this rank's statistics only; set advantage_stats_group=None "
+                "to accept per-rank statistics"
+            )
+        return super().forward(tensordict)
 
     def _check_clip_epsilon(self) -> None:
         # Called at the end of __init__. TorchRL validates a (ε_low, ε_high) pair but, "for
@@ -87,8 +114,10 @@ class FusedPPOMixin:
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        if not self._fused_supported() or self._has_loss_mask(tensordict):
-            return super().forward(tensordict)
+        if not self._fused_supported():
+            return self._torchrl_forward(tensordict, "delay_actor=True or max_importance_ratio")
+        if self._has_loss_mask(tensordict):
+            return self._torchrl_forward(tensordict, "a validity mask in the data")
         # Shallow copy, as TorchRL: the estimator and the networks write into it, not the caller's.
         data = tensordict.clone(False)
         advantage = data.get(self.tensor_keys.advantage, None, as_padded_tensor=True)
@@ -104,7 +133,7 @@ class FusedPPOMixin:
                 target_params=self.target_critic_network_params,
             )
             if self._has_loss_mask(data):  # e.g. the estimator's "shifted_valid"
-                return super().forward(tensordict)
+                return self._torchrl_forward(tensordict, "a validity mask from the value estimator")
             advantage = data.get(self.tensor_keys.advantage)
         normalize = self.normalize_advantage
         if self.advantage_norm is not None:
@@ -122,7 +151,7 @@ class FusedPPOMixin:
         with module_params_context(self, "actor_network"):
             dist = self.actor_network.get_dist(data)
         if isinstance(dist, CompositeDistribution):
-            return super().forward(tensordict)
+            return self._torchrl_forward(tensordict, "a composite action distribution")
         action = _compat.maybe_get_or_select(data, self.tensor_keys.action)
         if action.requires_grad:
             raise RuntimeError(f"tensordict stored {self.tensor_keys.action} requires grad.")
@@ -132,7 +161,7 @@ class FusedPPOMixin:
         if per_token or not isinstance(prev_log_prob, torch.Tensor):
             # One log-weight per action token against one advantage per decision: TorchRL
             # broadcasts the advantage; the op covers one ratio per sample.
-            return super().forward(tensordict)
+            return self._torchrl_forward(tensordict, "per-token log-probabilities")
         if ((advantage.shape != (*log_prob.shape, 1) or prev_log_prob.shape != log_prob.shape)
                 and _broadcasts_to(advantage.shape, (*log_prob.shape, 1))
                 and _broadcasts_to(prev_log_prob.shape, log_prob.shape)):
@@ -140,13 +169,13 @@ class FusedPPOMixin:
             # broadcasts it, and its forward computes that case. Shapes that do not broadcast get
             # the functional's error naming the argument (a flat [N] advantage: TorchRL's "outer
             # product" error, or a size mismatch deep inside its forward).
-            return super().forward(tensordict)
+            return self._torchrl_forward(tensordict, "an advantage broadcast over the log-probabilities")
 
         surrogate = ppo_clip_loss_with_bounds(
             log_prob, prev_log_prob, advantage, *_compat.log_clip_bounds(self),
             normalize_advantage=normalize,
             normalize_advantage_exclude_dims=tuple(self.normalize_advantage_exclude_dims),
-            reduction=self.reduction,
+            reduction=self.reduction, process_group=self.advantage_stats_group,
         )
         out = {
             "loss_objective": surrogate["loss_objective"],
@@ -213,16 +242,31 @@ class FusedPPOMixin:
         return {key: out[key] for key in ("loss_critic", "value_clip_fraction", "explained_variance") if key in out}
 
 
+def init_with_stats_group(torchrl_class):
+    """An ``__init__`` for a drop-in of ``torchrl_class``: TorchRL's signature plus the keyword
+    ``advantage_stats_group=None`` (:class:`FusedPPOMixin`), shown by ``inspect.signature``."""
+
+    @functools.wraps(torchrl_class.__init__)
+    def __init__(self, *args, advantage_stats_group=None, **kwargs):
+        FusedPPOMixin.__init__(self, *args, advantage_stats_group=advantage_stats_group, **kwargs)
+
+    signature = inspect.signature(torchrl_class.__init__)
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("advantage_stats_group", inspect.Parameter.KEYWORD_ONLY, default=None))
+    __init__.__signature__ = signature.replace(parameters=params)
+    del __init__.__wrapped__  # inspect.signature would follow it to TorchRL's
+    return __init__
+
+
 class ClipPPOLoss(FusedPPOMixin, _TorchRLClipPPOLoss):
     __doc__ = (
         "fastmarl's :class:`torchrl.objectives.ClipPPOLoss`: same constructor, keys and outputs; "
         "the surrogate and the critic loss run as fused ops (see :mod:`fastmarl.objectives.ppo` "
         "for what falls back to TorchRL's math). ``ValueEstimators.GAE``/``MAGAE`` build "
         "fastmarl's estimators. A float ``clip_epsilon`` outside [0, 1) raises ``ValueError`` "
-        "(TorchRL checks only a pair).\n\n" + (_TorchRLClipPPOLoss.__doc__ or "")
+        "(TorchRL checks only a pair). One more keyword, ``advantage_stats_group``: standardise the "
+        "advantage with statistics over every rank of a ``torch.distributed`` group "
+        "(:class:`FusedPPOMixin`).\n\n" + (_TorchRLClipPPOLoss.__doc__ or "")
     )
-
-    @functools.wraps(_TorchRLClipPPOLoss.__init__)
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_clip_epsilon()
+    __init__ = init_with_stats_group(_TorchRLClipPPOLoss)

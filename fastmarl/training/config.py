@@ -53,6 +53,10 @@ class TrainConfig:
     gamma: float = 0.99
     lmbda: float = 0.9
     entropy_coeff: float = 1e-4
+    normalize_advantage: bool = False
+    """Standardise the advantage per agent (TorchRL's ``normalize_advantage=True`` with
+    ``normalize_advantage_exclude_dims=(-2,)``, MAPPOLoss's default); the tutorial does not.
+    Under torchrun, with the statistics of every rank's minibatch together."""
     num_cells: int = 256
     depth: int = 2
     share_params: bool = True

@@ -54,7 +54,7 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.algo}-{config.scenario}-{config.backend}-{stamp}"
 
 
-def _one_line(err: BaseException, limit: int = 240) -> str:
+def one_line(err: BaseException, limit: int = 240) -> str:
     """An exception as one short line (load_state_dict errors span lines and repr TensorDicts)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = " ".join(lines[:2]) or type(err).__name__
@@ -81,7 +81,7 @@ def _read_checkpoint(resume: str | Path) -> tuple[Path, dict, TrainConfig]:
     try:
         state = load_checkpoint(path)
     except Exception as err:  # EOFError, UnpicklingError, RuntimeError from zip reading, ...
-        raise RunError(f"{where}: {path} is not a readable fastmarl checkpoint ({_one_line(err)})") from None
+        raise RunError(f"{where}: {path} is not a readable fastmarl checkpoint ({one_line(err)})") from None
     if not isinstance(state, dict):
         raise RunError(f"{where}: {path} holds a {type(state).__name__}, not a fastmarl checkpoint")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
@@ -134,11 +134,14 @@ class Run:
     """
 
     def __init__(self, config: TrainConfig, path: Path, state: dict | None = None, where: str = "",
-                 timer: PhaseTimer | None = None):
+                 timer: PhaseTimer | None = None, dist=None):
         self.config = config
         self.path = Path(path)
         self.timer = timer or PhaseTimer(config.device)
-        self.trainer = _trainer_class(config.algo)(config, self.timer)
+        # dist: a fastmarl.training.distributed.DistContext under torchrun (rank 0 writes the folder).
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.trainer = _trainer_class(config.algo)(config, self.timer, dist=dist)
         self.rows: list[dict] = []
         self.start_iteration = 0
         if state is not None:
@@ -148,7 +151,7 @@ class Run:
             except Exception as err:
                 self.trainer.close()
                 raise RunError(f"{where}: the checkpoint does not fit the networks of its configuration "
-                               f"({_one_line(err)})") from None
+                               f"({one_line(err)})") from None
             self.rows = [dict(row) for row in state["metrics"]]
             self.timer.history = [dict(p) for p in state["phases"]]
             self.start_iteration = int(state["iteration"])
@@ -160,32 +163,28 @@ class Run:
 
     @classmethod
     def open(cls, config: TrainConfig | None = None, *, out: str | Path | None = None,
-             resume: str | Path | None = None, iters: int | None = None, timer: PhaseTimer | None = None) -> Run:
+             resume: str | Path | None = None, iters: int | None = None, timer: PhaseTimer | None = None,
+             dist=None) -> Run:
         state, where = None, ""
         if resume is not None:
             where = f"--resume {resume}"
-            path, state, config = _read_checkpoint(resume)
-            done = int(state["iteration"])
-            if iters is not None and iters <= done:
-                raise RunError(f"--resume-iters {iters}: the run in {path.parent} already has {done} iterations; "
-                               f"pass --resume-iters N with N > {done}")
-            if iters is None and done >= config.iters:
-                raise RunError(f"{where}: the run is complete ({done} of {config.iters} iterations); "
-                               f"pass --resume-iters N with N > {done} to continue it")
+            path, state, config = open_checkpoint(resume, iters, 1 if dist is None else dist.world_size)
+            state = _rank_state(state, dist, where)
             out = out or path.parent
         config = config or TrainConfig()
         if iters is not None:
             config = dataclasses.replace(config, iters=iters)
         validate(config)
-        return cls(config, Path(out) if out else default_run_dir(config), state, where, timer)
+        return cls(config, Path(out) if out else default_run_dir(config), state, where, timer, dist)
 
     @property
     def done(self) -> bool:
         return len(self.rows) >= self.config.iters
 
     def begin(self) -> None:
-        self.folder = RunFolder(self.path)
-        self.folder.write_config(self.config.to_json())
+        if self.is_main:
+            self.folder = RunFolder(self.path)
+            self.folder.write_config(self.config.to_json())
         self.trainer.start(self.config.iters - len(self.rows))
 
     def step(self) -> dict:
@@ -198,36 +197,73 @@ class Run:
             row["fps"] = row["frames"] / row["seconds"]
         row.update({f"time_{phase}": seconds for phase, seconds in self.timer.end_iteration().items()})
         self.rows.append(row)
+        ranks = None
+        if self.dist is not None:
+            # Every rank's own random state and sampler / replay buffer, to rank 0 (which keeps its
+            # own at the top level): the networks and the optimizer are the same on every rank.
+            own = None if self.is_main else {"rng": self.rng, "trainer": self.trainer.rank_state_dict()}
+            ranks = self.dist.gather_to_main(own)
+        if not self.is_main:
+            return row
         self.folder.write_metrics(self.rows)
-        save_checkpoint(self.folder.checkpoint, {
+        state = {
             "config": dataclasses.asdict(self.config), "iteration": len(self.rows),
             "trainer": self.trainer.state_dict(), "metrics": self.rows, "phases": self.timer.history,
             "rng": self.rng,
-        })
+        }
+        if self.dist is not None:
+            state["world_size"] = self.dist.world_size
+            state["rank_states"] = {rank: ranks[rank] for rank in range(1, self.dist.world_size)}
+        save_checkpoint(self.folder.checkpoint, state)
         return row
 
     def close(self) -> None:
         self.trainer.close()
 
     def finish(self) -> dict:
-        rewards = [row["episode_reward_mean"] for row in self.rows]
-        self.folder.write_reward_plot({self.config.backend: rewards},
-                                      f"{self.config.algo.upper()} on VMAS {self.config.scenario}")
         totals = self.timer.totals()
-        self.folder.write_phases(totals, len(self.rows))
+        if self.is_main:
+            rewards = [row["episode_reward_mean"] for row in self.rows]
+            self.folder.write_reward_plot({self.config.backend: rewards},
+                                          f"{self.config.algo.upper()} on VMAS {self.config.scenario}")
+            self.folder.write_phases(totals, len(self.rows))
         return {"run_dir": str(self.path), "config": self.config, "metrics": self.rows, "phase_seconds": totals}
 
 
-def train(config: TrainConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
-          iters: int | None = None, progress: bool = True) -> dict:
-    """Train, writing the run folder after every iteration; returns the metrics and timings.
+def open_checkpoint(resume: str | Path, iters: int | None = None, world_size: int = 1) -> tuple[Path, dict, TrainConfig]:
+    """``(path, state, config)`` of the checkpoint ``resume`` if a run on ``world_size`` ranks can
+    continue it to ``iters`` iterations (default: its configuration's); ``RunError`` otherwise."""
+    where = f"--resume {resume}"
+    path, state, config = _read_checkpoint(resume)
+    done = int(state["iteration"])
+    if iters is not None and iters <= done:
+        raise RunError(f"--resume-iters {iters}: the run in {path.parent} already has {done} iterations; "
+                       f"pass --resume-iters N with N > {done}")
+    if iters is None and done >= config.iters:
+        raise RunError(f"{where}: the run is complete ({done} of {config.iters} iterations); "
+                       f"pass --resume-iters N with N > {done} to continue it")
+    saved = state.get("world_size", 1)
+    if saved != world_size:
+        how = (f"torchrun --nproc-per-node {saved} -m fastmarl train {where} (or fastmarl train --nproc {saved} "
+               f"{where})" if saved > 1 else "in one process, without torchrun")
+        raise RunError(f"{where}: the run was trained on {saved} rank(s), not {world_size}: each rank's "
+                       f"random state and samples are in the checkpoint, so resume it on as many: {how}")
+    return path, state, config
 
-    ``resume`` is a run folder (or its ``checkpoint.pt``): the configuration, weights, optimiser
-    state, replay buffer or sampler state, RNG state and metrics come back from it and training
-    continues up to ``iters`` (default: the saved configuration's). Raises ``RunError`` before
-    writing anything when the options or the checkpoint cannot work.
-    """
-    run = Run.open(config, out=out, resume=resume, iters=iters)
+
+def _rank_state(state: dict, dist, where: str) -> dict:
+    """The checkpoint as this rank resumes it: its own random state and sampler / replay buffer
+    (``rank_states``) in place of rank 0's."""
+    if dist is None or dist.rank == 0:
+        return state
+    own = state.get("rank_states", {}).get(dist.rank) if isinstance(state.get("rank_states"), dict) else None
+    if not isinstance(own, dict) or not run_rng.check(own.get("rng")) or not isinstance(own.get("trainer"), dict):
+        raise RunError(f"{where}: the checkpoint lacks rank {dist.rank}'s state (not written by a distributed run?)")
+    return {**state, "rng": own["rng"], "trainer": {**state["trainer"], **own["trainer"]}}
+
+
+def run_loop(run: Run, progress: bool = True) -> dict:
+    """Begin ``run``, step it to its last iteration with a progress bar, close and finish it."""
     from tqdm import tqdm
 
     try:
@@ -244,6 +280,19 @@ def train(config: TrainConfig | None = None, *, out: str | Path | None = None, r
     finally:
         run.close()
     return run.finish()
+
+
+def train(config: TrainConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
+          iters: int | None = None, progress: bool = True) -> dict:
+    """Train, writing the run folder after every iteration; returns the metrics and timings.
+
+    ``resume`` is a run folder (or its ``checkpoint.pt``): the configuration, weights, optimiser
+    state, replay buffer or sampler state, RNG state and metrics come back from it and training
+    continues up to ``iters`` (default: the saved configuration's). Raises ``RunError`` before
+    writing anything when the options or the checkpoint cannot work. One process; under
+    ``torchrun``, :func:`fastmarl.training.distributed.train_rank` runs each rank.
+    """
+    return run_loop(Run.open(config, out=out, resume=resume, iters=iters), progress)
 
 
 # The phase that ends a minibatch step in both trainers: `compare` hands over after it.
@@ -500,4 +549,4 @@ def comparison_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Run", "train", "compare", "comparison_table", "default_run_dir", "phase_table", "speedup_ratios"]
+__all__ = ["Run", "open_checkpoint", "run_loop", "train", "compare", "comparison_table", "default_run_dir", "phase_table", "speedup_ratios"]

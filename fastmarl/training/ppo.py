@@ -6,7 +6,9 @@ TanhNormal policy, ``ClipPPOLoss`` with ``normalize_advantage=False`` and GAE fr
 ``ClipPPOLoss`` and ``ValueEstimators`` are imported from, and each phase is timed. MAPPO's
 critic is centralised, IPPO's per agent. With ``compile``/``cudagraph`` the minibatch step is
 :class:`fastmarl.UpdateStep` (phases ``compile``, its first calls, and ``update``); otherwise
-the tutorial's loop, timed as loss forward, backward and optimizer.
+the tutorial's loop, timed as loss forward, backward and optimizer. Under torchrun each rank runs
+this loop on its own environments with the gradients averaged over the ranks
+(:mod:`fastmarl.training.distributed`).
 """
 
 from __future__ import annotations
@@ -39,14 +41,52 @@ def mlp_import(backend: str):
     return importlib.import_module(f"{backend}.modules").MultiAgentMLP
 
 
-def make_update_step(config: TrainConfig, loss, optim, loss_keys, after_step=None):
-    """``fastmarl.UpdateStep`` for ``--compile`` / ``--cudagraph``, else ``None`` (the tutorial's loop)."""
+def make_update_step(config: TrainConfig, loss, optim, loss_keys, after_step=None, process_group=None):
+    """``fastmarl.UpdateStep`` for ``--compile`` / ``--cudagraph``, else ``None`` (the tutorial's loop).
+    Under torchrun, ``process_group`` averages the gradients over the ranks inside the step."""
     if not (config.compile or config.cudagraph):
         return None
     from fastmarl.update import UpdateStep
 
     return UpdateStep(loss, optim, loss_keys=loss_keys, max_grad_norm=config.max_grad_norm,
-                      compile=config.compile, cudagraph=config.cudagraph, after_step=after_step)
+                      compile=config.compile, cudagraph=config.cudagraph, after_step=after_step,
+                      process_group=process_group)
+
+
+def average_gradients_eagerly(timer, params, dist) -> None:
+    """The tutorial's loop under torchrun: the gradients averaged over the ranks between the
+    backward and the clipping (phase ``allreduce``); nothing without ``dist``."""
+    if dist is None:
+        return
+    from fastmarl.distributed import average_gradients
+
+    with timer("allreduce"):
+        average_gradients([p.grad for p in params if p.grad is not None], dist.group)
+
+
+def share_networks(module, dist) -> None:
+    """Under torchrun: every rank's parameters and floating buffers of ``module`` overwritten
+    with rank 0's (as DDP does at construction; the same seed already built the same ones)."""
+    if dist is None:
+        return
+    from fastmarl.distributed import broadcast_tensors
+
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    broadcast_tensors(tensors, dist.group)
+
+
+def seed_rank_stream(config: TrainConfig, dist) -> None:
+    """Rank r > 0 draws actions and minibatches from a stream of its own (rank 0 keeps the
+    single-process one): called once its networks are built from ``--seed``."""
+    if dist is not None and dist.rank > 0:
+        from fastmarl.training.distributed import rank_seed
+
+        torch.manual_seed(rank_seed(config.seed, dist.rank))
+
+
+def env_seed(config: TrainConfig, dist) -> int:
+    """The VMAS seed of this rank: ``--seed + rank``."""
+    return config.seed + (0 if dist is None else dist.rank)
 
 
 def make_optim(config: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
@@ -65,10 +105,11 @@ def timed_update(timer, update, subdata):
         return update(subdata)
 
 
-def make_env(config: TrainConfig, continuous_actions: bool) -> TransformedEnv:
+def make_env(config: TrainConfig, continuous_actions: bool, seed: int | None = None) -> TransformedEnv:
     env = VmasEnv(
         scenario=config.scenario, num_envs=config.num_envs, continuous_actions=continuous_actions,
-        max_steps=config.max_steps, device=config.device, n_agents=config.n_agents, seed=config.seed,
+        max_steps=config.max_steps, device=config.device, n_agents=config.n_agents,
+        seed=config.seed if seed is None else seed,
     )
     return TransformedEnv(env, RewardSum(in_keys=[env.reward_key], out_keys=[("agents", "episode_reward")]))
 
@@ -117,6 +158,9 @@ class CollectingTrainer:
     env: TransformedEnv
     policy: nn.Module
     _collector = None
+    # Checkpointed parts that differ between the ranks of a torchrun launch (the rest is shared).
+    PER_RANK: tuple[str, ...] = ()
+    dist = None  # a fastmarl.training.distributed.DistContext under torchrun
 
     def start(self, remaining_iters: int) -> None:
         self._collector = Collector(
@@ -148,6 +192,23 @@ class CollectingTrainer:
     def state_dict(self) -> dict:
         return {name: part.state_dict() for name, part in self._checkpointed().items()}
 
+    def rank_state_dict(self) -> dict:
+        """The parts of ``state_dict()`` that are this rank's own (``PER_RANK``)."""
+        return {name: part.state_dict() for name, part in self._checkpointed().items() if name in self.PER_RANK}
+
+    def iteration_metrics(self, rewards, episodes, losses: list[float]) -> tuple[float, int, list[float], int]:
+        """``(mean episode reward, episodes, losses, frames)`` of an iteration from this rank's
+        finished episodes' rewards, episode count and mean losses; under torchrun, of all ranks
+        (every rank's episodes, the losses averaged over the ranks: one all-reduce)."""
+        if self.dist is None or self.dist.world_size == 1:
+            reward_mean = rewards.mean().item() if rewards.numel() else float("nan")
+            return reward_mean, int(episodes.item()), losses, self.config.frames_per_batch
+        world = self.dist.world_size
+        reward_sum, count, episodes, *losses = self.dist.all_reduce_sum(
+            [rewards.double().sum().item(), rewards.numel(), episodes.item(), *losses])
+        reward_mean = reward_sum / count if count else float("nan")
+        return reward_mean, int(episodes), [x / world for x in losses], world * self.config.frames_per_batch
+
     def load_state_dict(self, state: dict) -> None:
         """Load a ``state_dict()``; a ``KeyError`` names the first missing part."""
         parts = self._checkpointed()
@@ -162,19 +223,32 @@ LOSS_KEYS = ("loss_objective", "loss_critic", "loss_entropy")
 
 
 class PPOTrainer(CollectingTrainer):
-    """State of one MAPPO/IPPO run; ``step()`` runs one iteration and returns its metrics."""
+    """State of one MAPPO/IPPO run; ``step()`` runs one iteration and returns its metrics.
 
-    def __init__(self, config: TrainConfig, timer):
+    ``dist`` (a :class:`fastmarl.training.distributed.DistContext`) makes it one rank of a
+    data-parallel run (see that module for what is per rank and what is shared)."""
+
+    PER_RANK = ("sampler",)
+
+    def __init__(self, config: TrainConfig, timer, dist=None):
         self.config = config
         self.timer = timer
+        self.dist = dist
         torch.manual_seed(config.seed)
-        self.env = make_env(config, continuous_actions=config.continuous_actions)
+        self.env = make_env(config, continuous_actions=config.continuous_actions, seed=env_seed(config, dist))
         self.policy, self.critic = make_networks(config, self.env)
         ClipPPOLoss, ValueEstimators = loss_imports(config.backend)
+        # --normalize-advantage: per agent (MAPPOLoss's exclusion); under torchrun with the
+        # statistics of every rank's minibatch (fastmarl's loss; the CLI refuses TorchRL's there).
+        stats_group = {"advantage_stats_group": dist.group} if (
+            dist is not None and config.normalize_advantage and config.backend == "fastmarl") else {}
         self.loss = ClipPPOLoss(
             actor_network=self.policy, critic_network=self.critic, clip_epsilon=config.clip_epsilon,
-            entropy_coeff=config.entropy_coeff, normalize_advantage=False,
+            entropy_coeff=config.entropy_coeff, normalize_advantage=config.normalize_advantage,
+            normalize_advantage_exclude_dims=(-2,), **stats_group,
         )
+        share_networks(self.loss, dist)
+        seed_rank_stream(config, dist)
         self.loss.set_keys(
             reward=self.env.reward_key, action=self.env.action_key, sample_log_prob=("agents", "sample_log_prob"),
             value=("agents", "state_value"), done=("agents", "done"), terminated=("agents", "terminated"),
@@ -186,7 +260,8 @@ class PPOTrainer(CollectingTrainer):
             storage=LazyTensorStorage(config.frames_per_batch, device=config.device),
             sampler=SamplerWithoutReplacement(), batch_size=config.minibatch,
         )
-        self.update = make_update_step(config, self.loss, self.optim, list(LOSS_KEYS))
+        self.update = make_update_step(config, self.loss, self.optim, list(LOSS_KEYS),
+                                       process_group=None if dist is None else dist.group)
 
     def _checkpointed(self) -> dict:
         # The sampler holds the permutation drawn after the last minibatch (it draws the next
@@ -219,6 +294,7 @@ class PPOTrainer(CollectingTrainer):
                         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
                     with timer("backward"):
                         total.backward()
+                    average_gradients_eagerly(timer, self.loss.parameters(), self.dist)
                     values = (losses["loss_objective"].detach(), losses["loss_critic"].detach(),
                               losses["loss_entropy"].detach())
                     with timer("optimizer"):
@@ -232,12 +308,13 @@ class PPOTrainer(CollectingTrainer):
         self._collector.update_policy_weights_()
         done = data.get(("next", "agents", "done"))
         rewards = data.get(("next", "agents", "episode_reward"))[done]
+        reward_mean, episodes, losses, frames = self.iteration_metrics(
+            rewards, data.get(("next", "done")).sum(), [*means.tolist(), *first.tolist()])
         seconds = time.perf_counter() - start
         return {
-            "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
-            "episodes": int(data.get(("next", "done")).sum().item()),
-            "loss_objective": means[0].item(), "loss_critic": means[1].item(), "loss_entropy": means[2].item(),
-            "first_loss_objective": first[0].item(), "first_loss_critic": first[1].item(),
-            "first_loss_entropy": first[2].item(),
-            "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
+            "episode_reward_mean": reward_mean,
+            "episodes": episodes,
+            "loss_objective": losses[0], "loss_critic": losses[1], "loss_entropy": losses[2],
+            "first_loss_objective": losses[3], "first_loss_critic": losses[4], "first_loss_entropy": losses[5],
+            "frames": frames, "seconds": seconds, "fps": frames / seconds,
         }

@@ -25,10 +25,14 @@ from torchrl.objectives import SoftUpdate
 from fastmarl.training.config import TrainConfig
 from fastmarl.training.ppo import (
     CollectingTrainer,
+    average_gradients_eagerly,
+    env_seed,
     make_env,
     make_optim,
     make_update_step,
     mlp_import,
+    seed_rank_stream,
+    share_networks,
     timed_update,
 )
 
@@ -77,13 +81,21 @@ class ReplayRows:
 
 
 class QMIXTrainer(CollectingTrainer):
-    """State of one QMIX run; ``step()`` collects one batch and runs the updates."""
+    """State of one QMIX run; ``step()`` collects one batch and runs the updates.
 
-    def __init__(self, config: TrainConfig, timer):
+    Under torchrun (``dist``) each rank collects into its own replay buffer and samples its own
+    minibatches; the gradients are averaged over the ranks before clipping, so the Q-network,
+    mixer, targets (soft-updated from the same parameters) and ε (annealed by each rank's own
+    frames, the same count everywhere) stay the same on every rank."""
+
+    PER_RANK = ("buffer",)
+
+    def __init__(self, config: TrainConfig, timer, dist=None):
         self.config = config
         self.timer = timer
+        self.dist = dist
         torch.manual_seed(config.seed)
-        self.env = make_env(config, continuous_actions=config.continuous_actions)
+        self.env = make_env(config, continuous_actions=config.continuous_actions, seed=env_seed(config, dist))
         env = self.env
         n_obs = env.observation_spec["agents", "observation"].shape[-1]
         action_spec = env.full_action_spec_unbatched[env.action_key]
@@ -118,11 +130,14 @@ class QMIXTrainer(CollectingTrainer):
             global_value="chosen_action_value", action=env.action_key,
         )
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=config.gamma)
+        share_networks(self.loss, dist)  # online and target networks alike
+        seed_rank_stream(config, dist)
         self.target_updater = SoftUpdate(self.loss, tau=config.target_tau)
         self.optim = make_optim(config, self.loss.parameters(), config.qmix_lr)
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(config.buffer_size, device=config.device),
                                    batch_size=config.minibatch)
-        self.update = make_update_step(config, self.loss, self.optim, ["loss"], after_step=self.target_updater.step)
+        self.update = make_update_step(config, self.loss, self.optim, ["loss"], after_step=self.target_updater.step,
+                                       process_group=None if dist is None else dist.group)
 
     def _checkpointed(self) -> dict:
         parts = {"loss": self.loss, "optim": self.optim, "explore": self.explore}
@@ -151,6 +166,7 @@ class QMIXTrainer(CollectingTrainer):
                     loss = self.loss(subdata)["loss"]
                 with timer("backward"):
                     loss.backward()
+                average_gradients_eagerly(timer, self.loss.parameters(), self.dist)
                 loss = loss.detach()
                 with timer("optimizer"):
                     torch.nn.utils.clip_grad_norm_(self.loss.parameters(), config.max_grad_norm)
@@ -163,11 +179,13 @@ class QMIXTrainer(CollectingTrainer):
         self._collector.update_policy_weights_()
         done = data.get(("next", "done"))
         rewards = data.get(("next", "agents", "episode_reward")).mean(-2)[done]
+        reward_mean, episodes, (loss_mean, first_loss), frames = self.iteration_metrics(
+            rewards, done.sum(), [losses.mean().item(), losses[0].item()])
         seconds = time.perf_counter() - start
         return {
-            "episode_reward_mean": rewards.mean().item() if rewards.numel() else float("nan"),
-            "episodes": int(done.sum().item()),
-            "loss": losses.mean().item(), "first_loss": losses[0].item(),
+            "episode_reward_mean": reward_mean,
+            "episodes": episodes,
+            "loss": loss_mean, "first_loss": first_loss,
             "epsilon": epsilon,
-            "frames": config.frames_per_batch, "seconds": seconds, "fps": config.frames_per_batch / seconds,
+            "frames": frames, "seconds": seconds, "fps": frames / seconds,
         }

@@ -25,7 +25,9 @@ CHECKPOINT = "checkpoint.pt"
 # ``minibatch`` frames.
 # ``compile`` is the first (compiling) call of a compiled update step, ``update`` the later
 # calls of one (forward, backward and optimizer in one graph: no split between them).
-PHASES = ("collection", "gae", "sample", "loss_forward", "backward", "optimizer", "compile", "update")
+# ``allreduce``: under torchrun, the gradients averaged over the ranks, including the wait for
+# the slowest rank (uncompiled steps; a compiled step does it inside ``update``).
+PHASES = ("collection", "gae", "sample", "loss_forward", "backward", "allreduce", "optimizer", "compile", "update")
 # The files a run folder holds (all written through ``atomic_write_bytes``).
 RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "reward.png", "phases.txt", "phases.json", CHECKPOINT)
 

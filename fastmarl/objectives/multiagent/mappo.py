@@ -9,12 +9,10 @@ the default estimator is fastmarl's ``MultiAgentGAE``.
 
 from __future__ import annotations
 
-import functools
-
 from torchrl.objectives.multiagent.mappo import IPPOLoss as _TorchRLIPPOLoss
 from torchrl.objectives.multiagent.mappo import MAPPOLoss as _TorchRLMAPPOLoss
 
-from fastmarl.objectives.ppo import ClipPPOLoss
+from fastmarl.objectives.ppo import ClipPPOLoss, init_with_stats_group
 
 __all__ = ["MAPPOLoss", "IPPOLoss"]
 
@@ -22,20 +20,16 @@ __all__ = ["MAPPOLoss", "IPPOLoss"]
 class MAPPOLoss(ClipPPOLoss, _TorchRLMAPPOLoss):
     __doc__ = (
         "fastmarl's :class:`torchrl.objectives.multiagent.MAPPOLoss` (fused surrogate and critic "
-        "ops, fastmarl's MultiAgentGAE by default).\n\n" + (_TorchRLMAPPOLoss.__doc__ or "")
+        "ops, fastmarl's MultiAgentGAE by default; ``advantage_stats_group`` as "
+        ":class:`fastmarl.objectives.ClipPPOLoss`).\n\n" + (_TorchRLMAPPOLoss.__doc__ or "")
     )
-
-    @functools.wraps(_TorchRLMAPPOLoss.__init__)  # TorchRL's signature, for inspect and docs
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    __init__ = init_with_stats_group(_TorchRLMAPPOLoss)
 
 
 class IPPOLoss(MAPPOLoss, _TorchRLIPPOLoss):
     __doc__ = (
         "fastmarl's :class:`torchrl.objectives.multiagent.IPPOLoss` (fused surrogate and critic "
-        "ops, fastmarl's MultiAgentGAE by default).\n\n" + (_TorchRLIPPOLoss.__doc__ or "")
+        "ops, fastmarl's MultiAgentGAE by default; ``advantage_stats_group`` as "
+        ":class:`fastmarl.objectives.ClipPPOLoss`).\n\n" + (_TorchRLIPPOLoss.__doc__ or "")
     )
-
-    @functools.wraps(_TorchRLIPPOLoss.__init__)
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    __init__ = init_with_stats_group(_TorchRLIPPOLoss)

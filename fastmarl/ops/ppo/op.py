@@ -34,7 +34,7 @@ from torch import Tensor
 
 from fastmarl.ops.dtypes import accumulate_dtype, cast, result_dtype, single_precision
 from fastmarl.ops.paths import Path, forced_path
-from fastmarl.ops.ppo import cpu
+from fastmarl.ops.ppo import collective, cpu
 from fastmarl.ops.ppo.spec import CRITIC_LOSS_TYPES, REDUCTIONS
 from fastmarl.ops.triton_support import HAS_TRITON, on_triton_device, register_op
 
@@ -232,11 +232,20 @@ class _FusedClip(torch.autograd.Function):
 def ppo_clip(
     log_prob: Tensor, prev_log_prob: Tensor, advantage: Tensor, clip_low: Tensor,
     clip_high: Tensor, *, normalize: bool, exclude_dims: frozenset[int], reduction: str,
+    process_group=None,
 ) -> dict[str, Tensor]:
     """The surrogate's entries for ``log_prob``/``prev_log_prob`` ``[*S]`` and ``advantage``
     ``[*S, 1]`` (validated; ``exclude_dims`` normalised to ``0 <= d < advantage.ndim``), by the
-    path :func:`select_path` picks. Keys as :func:`fastmarl.functional.ppo_clip_loss`."""
+    path :func:`select_path` picks. Keys as :func:`fastmarl.functional.ppo_clip_loss`.
+
+    With a ``process_group`` of more than one rank, the standardisation uses every rank's
+    statistics: :func:`fastmarl.ops.ppo.collective.standardize_across` (torch ops and one
+    all-gather, on any device) standardises the advantage, then the path runs with
+    ``normalize=False``."""
     shape = log_prob.shape
+    if normalize and process_group is not None and process_group.size() > 1:
+        advantage = collective.standardize_across(advantage, tuple(sorted(exclude_dims)), process_group)
+        normalize = False
     normalize = normalize and advantage.numel() > 1
     groups = 1
     out_dtype = result_dtype(log_prob, prev_log_prob, advantage)
