@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -283,14 +282,9 @@ def measure(steps: dict, rounds: int, warmup: int) -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from fastmarl.machine import device_name
+
+    return device_name("cpu")
 
 
 def _format(row: dict) -> str:

@@ -681,7 +681,9 @@ class Checker:
                 elif shape_class.startswith("stride-0"):
                     leaves["advantage"] = Leaf((shape[0], 1, 1), lambda x: x.expand(*shape, 1), grad=False)
                 exclude = (-2,) if normalize == "per-agent" and len(shape) > 1 else ()
-                low, high = clip_bounds(0.2, torch.zeros(()))  # float32, as the functional makes them
+                # The exact ε's bounds: the functional makes them in float64 for float64 inputs,
+                # in float32 otherwise, 1e-8 apart (well inside float32's tolerance).
+                low, high = clip_bounds(0.2, torch.zeros((), dtype=torch.float64))
 
                 def fn(log_prob, prev_log_prob, advantage):
                     return ppo_clip_loss(log_prob, prev_log_prob, advantage, clip_epsilon=0.2,
@@ -1028,16 +1030,9 @@ def _flags(shape, pattern: str, generator):
 
 
 def _cpu_name() -> str:
-    import platform
+    from fastmarl.machine import device_name
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return device_name("cpu")
 
 
 if __name__ == "__main__":

@@ -457,18 +457,9 @@ def compare(config: TrainConfig | None = None, *, out: str | Path | None = None,
 
 
 def _device_name(device: str) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+    from fastmarl.machine import device_name
 
-    return platform.processor() or platform.machine()
+    return device_name(device)
 
 
 def _spread(values: list[float]) -> dict:
