@@ -237,6 +237,29 @@ def test_long_horizon_crosses_cpu_chunks():
         assert_close(a, e.grad, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("discount_kind", ["float", "tensor"])
+@pytest.mark.parametrize("flag_dtype", [torch.bool, torch.uint8])
+@pytest.mark.parametrize("chunk_elements", [64, gae_cpu.CPU_CHUNK_ELEMENTS])
+def test_cpu_kernel_has_torchrl_loop_bits(dtype, discount_kind, flag_dtype, chunk_elements):
+    # The CPU kernel builds (1 - flag) from the flag's bytes and multiplies it in first; exact
+    # factors, so the bits stay TorchRL's, float64 included (where TorchRL's float γ becomes a
+    # float32 tensor before it meets the values).
+    value, next_value, reward, done, terminated = make_gae_inputs((5, 70, 3), pattern="truncated", dtype=dtype)
+    gamma, lmbda = _discounts(discount_kind)
+    if discount_kind == "tensor":  # per-step γ, as a [R, T, F] tensor like the op receives
+        gamma = 0.99 ** torch.randint(1, 4, (5, 70, 3)).to(dtype)
+    expected = torchrl_gae(gamma, lmbda, value, next_value, reward, done, terminated)
+    actual = gae_cpu.gae_forward(value, next_value, reward, done.to(flag_dtype), terminated.to(flag_dtype),
+                                 gamma if discount_kind == "float" else 1.0,
+                                 lmbda if discount_kind == "float" else 1.0,
+                                 None if discount_kind == "float" else gamma,
+                                 None if discount_kind == "float" else lmbda,
+                                 chunk_elements=chunk_elements)
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype and torch.equal(a, e)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("path", ["op", "composite"])
 def test_half_precision_is_computed_in_float32_on_every_path(dtype, path):
