@@ -136,9 +136,7 @@ def _groups_in_order(rows):
 def compact(rows) -> str:
     """The default table: a row per op and size, fastmarl against TorchRL's fastest provider,
     eager and compiled (peer median / fastmarl median; above 1.00x fastmarl is faster)."""
-    header = (f"{'op':<14}{'size':<20}{'fastmarl':>11}{'TorchRL':>11}{'speed-up':>10}"
-              f"{'fastmarl':>12}{'TorchRL':>11}{'speed-up':>10}")
-    lines = [f"{'':<34}{' eager ':-^32} {' compiled ':-^32}", header]
+    entries = []
     for group, providers in _groups_in_order(rows):
         row = next(iter(providers.values()))
         op = row["op"] or group
@@ -151,7 +149,16 @@ def compact(rows) -> str:
             speedup = f"{theirs['median'] / ours['median']:.2f}x" if ours and theirs else "-"
             cells.append(f"{_fmt_time(ours['median']) if ours else '-':>11}"
                          f"{_fmt_time(theirs['median']) if theirs else '-':>11}{speedup:>10}")
-        lines.append(f"{op:<14}{label:<20}{cells[0]} {cells[1]}".rstrip())
+        entries.append((op, label, cells))
+    # Columns as wide as their longest entry (op names such as update_ppo_iteration ran into
+    # the size column at a fixed width).
+    op_width = max([14] + [len(op) + 2 for op, _, _ in entries])
+    size_width = max([20] + [len(label) + 2 for _, label, _ in entries])
+    header = (f"{'op':<{op_width}}{'size':<{size_width}}{'fastmarl':>11}{'TorchRL':>11}{'speed-up':>10}"
+              f"{'fastmarl':>12}{'TorchRL':>11}{'speed-up':>10}")
+    lines = [f"{'':<{op_width + size_width}}{' eager ':-^32} {' compiled ':-^32}", header]
+    for op, label, cells in entries:
+        lines.append(f"{op:<{op_width}}{label:<{size_width}}{cells[0]} {cells[1]}".rstrip())
     devices = sorted({r["device_name"] for r in rows if r["device_name"]})
     lines.append("")
     lines.append("TorchRL = its fastest provider of the mode (GAE: the loop, the vectorised path, the loop under "

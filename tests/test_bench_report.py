@@ -149,6 +149,20 @@ def test_compact_table_one_row_per_op_and_size(tmp_path):
     assert sum(line.startswith("gae") for line in lines) == 1
 
 
+def test_compact_table_keeps_long_op_names_apart_from_the_size(tmp_path):
+    # bench_update's "update_ppo_iteration" ran into the size column ("update_ppo_iterationtiny").
+    path = _write(tmp_path / "a.json", {("update-ppo-iteration-tiny-cpu", "torchrl"): 2e-3,
+                                        ("update-ppo-iteration-tiny-cpu", "fastmarl"): 1e-3})
+    data = json.loads(path.read_text())
+    for bench in data["benchmarks"]:
+        bench["extra_info"].update(op="update_ppo_iteration", size="tiny")
+    path.write_text(json.dumps(data))
+    lines = B.compact(B.load_results([path])).splitlines()
+    row = next(line for line in lines if line.startswith("update_ppo_iteration"))
+    assert row.split()[:2] == ["update_ppo_iteration", "tiny"]
+    assert lines[1].index("fastmarl") == row.index("1.000 ms") + len("1.000 ms") - len("fastmarl")
+
+
 def test_headline_chart_of_the_committed_results(tmp_path):
     rows = B.load_results(COMMITTED)
     cats = B.headline(rows)
