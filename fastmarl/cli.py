@@ -418,6 +418,11 @@ def _bench(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         json_path = out / "bench.json"
         code = B.run_suite(bench_dir, json_path, args.device, args.sizes, args.select, verbose=args.verbose)
+        if code == 4:  # pytest's usage error: an unknown --sizes name, a bad --select; its message is above
+            print("fastmarl bench: error: the benchmark suite rejected its arguments (pytest's message above; "
+                  "--sizes takes tiny, tutorial, benchmarl, large, long or a QMIX grid name such as B4096-n8)",
+                  file=sys.stderr)
+            return 2
         if code != 0:
             print(f"fastmarl bench: the benchmark suite failed (pytest exit code {code})", file=sys.stderr)
             return 1

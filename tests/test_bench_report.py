@@ -69,6 +69,15 @@ def test_bench_without_results_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no benchmark with timings" in result.stderr
 
 
+def test_bench_unknown_size_is_a_usage_error(tmp_path):
+    # Was exit 1 with "the benchmark suite failed (pytest exit code 4)" after pytest's message.
+    result = subprocess.run([sys.executable, "-m", "fastmarl", "bench", "--sizes", "nonsense", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "unknown size(s) ['nonsense']" in result.stdout + result.stderr
+    assert "fastmarl bench: error:" in result.stderr and "B4096-n8" in result.stderr
+
+
 def test_interleaved_ab_script_runs_and_writes_json(tmp_path):
     # bench/interleaved.py: the alternating A/B timer behind the closing notes' disputed cells.
     from pathlib import Path
