@@ -52,6 +52,22 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+def _unwritable_out(out) -> str | None:
+    """Why the run folder ``out`` cannot be created or written, or None (checked before any work)."""
+    import os
+    from pathlib import Path
+
+    if out is None:
+        return None
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"--out {out}: {existing} is a file, not a folder"
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot create or write the run folder ({existing or path} is not writable)"
+    return None
+
+
 def _quiet_torchrl() -> None:
     """TorchRL logs INFO lines with raw ANSI colour codes (e.g. "Initialized LazyTensorStorage"
     from every replay buffer); keep its warnings, unless RL_LOGGING_LEVEL asks for more."""
@@ -351,6 +367,9 @@ def _train(args) -> int:
     if missing:
         print(missing, file=sys.stderr)
         return 2
+    problem = _unwritable_out(out)
+    if problem:
+        return _fail("train", problem)
     from fastmarl.training import RunError
 
     if args.nproc is not None:
@@ -374,6 +393,8 @@ def _train(args) -> int:
             result = train(config, out=out, progress=not args.no_progress)
     except RunError as err:
         return _fail("train", str(err))
+    except OSError as err:  # the run folder: a full disk, permissions changed under the run
+        return _fail("train", f"cannot write the run folder: {err}")
     rows = result["metrics"]
     print(f"run folder: {result['run_dir']}")
     print("mean episode reward per iteration: " + ", ".join(f"{r['episode_reward_mean']:.3f}" for r in rows))
@@ -391,10 +412,16 @@ def _compare(args) -> int:
     config, code = _validated_config(args, "compare")
     if config is None:
         return code
+    problem = _unwritable_out(getattr(args, "out", None))
+    if problem:
+        return _fail("compare", problem)
     _quiet_torchrl()
     from fastmarl.training import compare
 
-    result = compare(config, out=getattr(args, "out", None), progress=not args.no_progress)
+    try:
+        result = compare(config, out=getattr(args, "out", None), progress=not args.no_progress)
+    except OSError as err:
+        return _fail("compare", f"cannot write the run folder: {err}")
     print(f"run folder: {result['run_dir']}")
     print(result["table"])
     return 0

@@ -131,6 +131,29 @@ def test_resume_iters_without_resume_is_rejected(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_out_that_cannot_be_a_folder_is_one_line_before_any_work(tmp_path, capsys, command):
+    # Was a FileNotFoundError traceback from the run folder's mkdir, after the environments were built.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main([command, "--out", str(blocker / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fastmarl {command}: error: --out {blocker / 'run'}: {blocker} is a file, not a folder"
+
+
+def test_run_folder_os_error_during_the_run_is_one_line(tmp_path, capsys, monkeypatch):
+    import fastmarl.training as training
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "run" / "checkpoint.pt"))
+
+    monkeypatch.setattr(training, "train", full_disk)
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastmarl train: error: cannot write the run folder: [Errno 28] No space left on device")
+    assert "\n" not in err
+
+
 # ---- resume errors: one line, exit 2, nothing written ----------------------------------------------
 
 def _corrupt_zero(path):
