@@ -35,6 +35,7 @@ OURS = {"eager": "fastmarl", "compiled": "fastmarl_compiled"}
 SHARED_SIZES = ("tiny", "tutorial", "benchmarl", "large", "long")
 SIZE_ALIASES = {
     "qmix": {"tutorial": ["B32-n3"], "benchmarl": ["B4096-n8"], "large": ["B65536-n8"]},
+    "update": {"benchmarl": ["B4096-n8"]},  # bench_update.py's QMIX step
 }
 
 # The headline chart: these ops, in this order, at the shared sizes (at most 10 categories,
@@ -43,6 +44,10 @@ HEADLINE_OPS = {
     "gae": "GAE\n(MultiAgentGAE)",
     "ppo_loss": "MAPPOLoss\nfwd+bwd",
     "qmix_loss": "QMixerLoss\nfwd+bwd",
+    "update_ppo_step": "PPO update step\n(UpdateStep)",
+    "update_qmix_step": "QMIX update step\n(UpdateStep)",
+    "update_ppo_iteration": "PPO update\n(1 iteration)",
+    # bench_update.py's names in results from before 2026-11-30
     "update_ppo": "PPO update\n(1 iteration)",
     "update_qmix": "QMIX update\n(1 round)",
 }
@@ -240,8 +245,12 @@ def _dims(row: dict) -> str:
         return f"{info['N']}×{info['A']}"
     if op and op.startswith("qmix"):
         return f"B={info['B']}, n={info['n']}"
-    if op == "update_ppo":
+    if op in ("update_ppo", "update_ppo_iteration"):
         return f"{info['envs']}×{info['steps']}×{info['agents']}"
+    if op == "update_ppo_step":
+        return f"{info['N']}×{info['A']}"
+    if op == "update_qmix_step":
+        return f"B={info['B']}, n={info['A']}"
     if op == "update_qmix":
         return f"{info['updates']}×{info['minibatch']}×{info['agents']}"
     return row["size"] or ""

@@ -190,6 +190,31 @@ def test_headline_chart_of_the_committed_results(tmp_path):
     assert width <= 1400 and height <= 800  # one screen, not 880x3498
 
 
+def test_headline_shows_the_update_steps_of_the_current_suite(tmp_path):
+    # bench_update.py names its ops update_ppo_step / update_qmix_step / update_ppo_iteration (and
+    # QMIX's benchmarl size B4096-n8); the chart knew only the older update_ppo / update_qmix.
+    cases = {("update-ppo-step-tutorial-cpu", "update_ppo_step", "tutorial"): {"N": 400, "A": 3},
+             ("update-qmix-step-B4096-n8-cpu", "update_qmix_step", "B4096-n8"): {"B": 4096, "A": 8},
+             ("update-ppo-iteration-tutorial-cpu", "update_ppo_iteration", "tutorial"):
+                 {"envs": 60, "steps": 100, "agents": 3}}
+    path = _write(tmp_path / "u.json", {(group, provider): median for (group, _, _) in cases
+                                        for provider, median in (("torchrl", 2.0), ("fastmarl", 1.0),
+                                                                 ("torchrl_compiled", 3.0),
+                                                                 ("fastmarl_compiled", 1.0))})
+    data = json.loads(path.read_text())
+    for bench in data["benchmarks"]:
+        (group, op, size), info = next((k, v) for k, v in cases.items() if k[0] == bench["group"])
+        bench["extra_info"].update(op=op, size=size, **info)
+    path.write_text(json.dumps(data))
+    cats = {(c["op"], c["size"]): c for c in B.headline(B.load_results([path]))}
+    assert set(cats) == {("update_ppo_step", "tutorial"), ("update_qmix_step", "benchmarl"),
+                         ("update_ppo_iteration", "tutorial")}
+    assert cats[("update_qmix_step", "benchmarl")]["eager"] == 2.0
+    assert cats[("update_qmix_step", "benchmarl")]["compiled"] == 3.0
+    assert "B=4096, n=8" in cats[("update_qmix_step", "benchmarl")]["label"]
+    assert "400×3" in cats[("update_ppo_step", "tutorial")]["label"]
+
+
 def test_training_chart_from_a_comparison(tmp_path):
     comparison = {
         "config": {"algo": "mappo", "scenario": "navigation", "frames_per_batch": 6000, "epochs": 30, "seed": 0},
