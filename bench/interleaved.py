@@ -104,17 +104,27 @@ def qmix_mixer_steps(size: str, backward: bool):
     return {"torchrl": make(theirs), "fastmarl": make(ours)}
 
 
-def qmix_loss_steps(size: str):
+def qmix_loss_steps(size: str, compiled: bool = False):
+    """``QMixerLoss`` forward + backward of each backend (bench_qmix.py's setup); ``compiled``:
+    both under ``torch.compile`` as bench_qmix.py compiles them, warmed up before the rounds."""
     B, n, E, S = bench_qmix.SIZES[size]
     steps = {}
     for provider in ("torchrl", "fastmarl"):
-        loss, n_actions = bench_qmix._loss(provider, n, E, S, "cpu")
+        loss, n_actions = bench_qmix._loss(provider + ("_compiled" if compiled else ""), n, E, S, "cpu")
         td = bench_qmix._minibatch(B, n, S, n_actions, "cpu")
 
-        def step(loss=loss, td=td):
+        def step(td, loss=loss):
             loss.zero_grad(set_to_none=True)
-            loss(td)["loss"].backward()
-        steps[provider] = step
+            out = loss(td)
+            out["loss"].backward()
+            return out["loss"].detach()
+        if compiled:
+            step = torch.compile(step)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchRL: no target updater attached (none needed)
+                for _ in range(10):
+                    step(td)
+        steps[provider] = lambda step=step, td=td: step(td)
     return steps
 
 
@@ -245,6 +255,7 @@ CASES = {
     "qmix-fwd": lambda size: qmix_mixer_steps(size, backward=False),
     "qmix-fwd-bwd": lambda size: qmix_mixer_steps(size, backward=True),
     "qmix-loss": qmix_loss_steps,
+    "qmix-loss-compiled": lambda size: qmix_loss_steps(size, compiled=True),
     "ppo-loss": ppo_loss_steps,
 }
 
@@ -290,7 +301,7 @@ def _cpu_name() -> str:
 def _format(row: dict) -> str:
     subject = row["subject"]
     ms = " ".join(f"{name} {row['median'][name] * 1e3:.3f}" for name in row["median"])
-    lines = [f"{row['case']:<14}{row['size']:<10} medians (ms): {ms}"]
+    lines = [f"{row['case']:<14} {row['size']:<10} medians (ms): {ms}"]
     ratios = row["median_round_ratio"]
     if not isinstance(ratios, dict):
         ratios = {"torchrl": ratios}
