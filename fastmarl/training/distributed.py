@@ -213,6 +213,10 @@ def train_rank(config: TrainConfig | None, *, out=None, resume=None, iters=None,
         if ctx.is_main and on_start is not None:
             on_start(ctx, run)
         result = run_loop(run, progress=progress and ctx.is_main)
+        # Every rank past its last collective before any tears the group down (rank 0 still
+        # writes the run folder while the others are done): no rank closes its gloo pairs while
+        # a peer may still use them.
+        dist.barrier(group=ctx.group)
         return 0, result if ctx.is_main else None
     except RunError as err:
         if (ctx.is_main if ctx is not None else os.environ.get("RANK", "0") == "0"):
