@@ -93,18 +93,18 @@ def _ppo_workloads(family, sizes, device):
                                        adv_mean=st[0], adv_std=st[1])
                 return [*sc, e, *st]
         elif family == "ppo_clip_bwd":
-            def run(lp=log_prob, pv=prev, a=advantage, lo=low, hi=high, g=grad, M=M, dev=device):
+            def run(lp=log_prob, pv=prev, a=advantage, lo=low, hi=high, g=grad, M=M, dev=device, one=one):
                 mean, std = torch.zeros(M, device=dev), torch.ones(M, device=dev)
                 launchers.ppo_clip_bwd(one, lp, pv, a, lo, hi, mean, std, M, "mean", grad_log_prob=g)
                 return [g]
         elif family == "ppo_critic":
-            def run(v=log_prob, t=advantage, o=prev, sc=scalars, e=ess):
-                launchers.ppo_critic_fwd(v, t, o, clip_value, coeff, "smooth_l1", "mean", True,
+            def run(v=log_prob, t=advantage, o=prev, sc=scalars, e=ess, cv=clip_value, k=coeff):
+                launchers.ppo_critic_fwd(v, t, o, cv, k, "smooth_l1", "mean", True,
                                          loss=sc[0], clip_fraction=sc[1], ev=e)
                 return [sc[0], sc[1], e]
         else:
-            def run(v=log_prob, t=advantage, o=prev, g=grad):
-                launchers.ppo_critic_bwd(one, v, t, o, clip_value, coeff, "smooth_l1", "mean", grad_value=g)
+            def run(v=log_prob, t=advantage, o=prev, g=grad, one=one, cv=clip_value, k=coeff):
+                launchers.ppo_critic_bwd(one, v, t, o, cv, k, "smooth_l1", "mean", grad_value=g)
                 return [g]
         yield {"bm": ppo_block_m(M)}, f"{N}x{M}", run
 

@@ -651,19 +651,24 @@ class Checker:
 
     # -- PPO
 
+    def _ppo_shape_classes(self, stride0_input: str) -> dict:
+        """The PPO ops' shape classes (name -> [N, A] or [N, T, A]), one input expanded in
+        ``stride-0 <input>``."""
+        big = self.size(cpu=(4097, 3), cuda=(65537, 8), interpret=(1025, 3), quick=(1025, 3))
+        wide = self.size(cpu=(20, 300), cuda=(20, 300), interpret=(6, 300))
+        return {
+            "N=1": (1, 3), "N=63 A=5": (63, 5), "N x A = %dx%d" % big: big, "A=1": (40, 1),
+            "[N, T, A] = 37x5x3": (37, 5, 3), "non-contiguous": (50, 3), f"stride-0 {stride0_input}": (45, 4),
+            f"{wide[1]} columns (torch path)": wide,
+        }
+
     def _cases_ppo_clip(self, op):
         torch = self.torch
         from fastmarl.functional import clip_bounds, ppo_clip_loss
         from fastmarl.ops.ppo.naive import ppo_clip as clip_naive
         from fastmarl.ops.ppo.naive import standardize_advantage
 
-        big = self.size(cpu=(4097, 3), cuda=(65537, 8), interpret=(1025, 3), quick=(1025, 3))
-        wide = self.size(cpu=(20, 300), cuda=(20, 300), interpret=(6, 300))
-        classes = {
-            "N=1": (1, 3), "N=63 A=5": (63, 5), "N x A = %dx%d" % big: big, "A=1": (40, 1),
-            "[N, T, A] = 37x5x3": (37, 5, 3), "non-contiguous": (50, 3), "stride-0 advantage": (45, 4),
-            f"{wide[1]} columns (torch path)": wide,
-        }
+        classes = self._ppo_shape_classes("advantage")
         variants = [("per-agent", "mean"), ("per-agent", "none"), ("global", "sum"), ("per-agent", "sum"),
                     ("none", "mean")]
         if self.quick:
@@ -723,13 +728,7 @@ class Checker:
         from fastmarl.functional import ppo_critic_loss
         from fastmarl.ops.ppo.naive import ppo_critic as critic_naive
 
-        big = self.size(cpu=(4097, 3), cuda=(65537, 8), interpret=(1025, 3), quick=(1025, 3))
-        wide = self.size(cpu=(20, 300), cuda=(20, 300), interpret=(6, 300))
-        classes = {
-            "N=1": (1, 3), "N=63 A=5": (63, 5), "N x A = %dx%d" % big: big, "A=1": (40, 1),
-            "[N, T, A] = 37x5x3": (37, 5, 3), "non-contiguous": (50, 3), "stride-0 target": (45, 4),
-            f"{wide[1]} columns (torch path)": wide,
-        }
+        classes = self._ppo_shape_classes("target")
         variants = [("smooth_l1", True, True, "mean"), ("l2", False, False, "sum"), ("l1", True, True, "none")]
 
         def make(shape_class, shape, loss_type, clip, coeff, reduction):

@@ -331,7 +331,6 @@ def _launch(args) -> int:
 def _train_rank(args, config) -> int:
     """One rank of a torchrun launch (rank 0 prints)."""
     from fastmarl.training.distributed import DEFAULT_TIMEOUT_S, describe, train_rank
-    from fastmarl.training.run import phase_table
 
     def on_start(ctx, run):
         print(describe(run.config, ctx, run.path), flush=True)
@@ -341,6 +340,13 @@ def _train_rank(args, config) -> int:
                               timeout_s=DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout)
     if code or result is None:
         return code
+    return _print_run(result)
+
+
+def _print_run(result: dict) -> int:
+    """The end of a training run on the terminal: its folder, rewards and seconds per phase."""
+    from fastmarl.training.run import phase_table
+
     rows = result["metrics"]
     print(f"run folder: {result['run_dir']}")
     print("mean episode reward per iteration: " + ", ".join(f"{r['episode_reward_mean']:.3f}" for r in rows))
@@ -384,7 +390,6 @@ def _train(args) -> int:
     if _under_torchrun():
         return _train_rank(args, config)
     from fastmarl.training import train
-    from fastmarl.training.run import phase_table
 
     try:
         if args.resume is not None:
@@ -395,11 +400,7 @@ def _train(args) -> int:
         return _fail("train", str(err))
     except OSError as err:  # the run folder: a full disk, permissions changed under the run
         return _fail("train", f"cannot write the run folder: {err}")
-    rows = result["metrics"]
-    print(f"run folder: {result['run_dir']}")
-    print("mean episode reward per iteration: " + ", ".join(f"{r['episode_reward_mean']:.3f}" for r in rows))
-    print(phase_table(result["phase_seconds"], len(rows)))
-    return 0
+    return _print_run(result)
 
 
 def _compare(args) -> int:

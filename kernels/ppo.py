@@ -179,6 +179,27 @@ def _merge_clip_stats(
     tl.store(max_ratio_ptr, tl.max(ratio_max, axis=0).to(max_ratio_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _reduce_loss_and_clip_partials(p_loss_ptr, p_clip_ptr, n_parts, numel, loss_ptr, clip_fraction_ptr,
+                                   BLOCK_P: tl.constexpr, REDUCTION: tl.constexpr, HAS_CLIP: tl.constexpr):
+    # The last program's finish, shared by the clip and critic kernels: the per-program loss and
+    # clip-count partials summed and stored (a clip fraction of 0 without clipping).
+    total = tl.zeros([BLOCK_P], dtype=tl.float32)
+    clips = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        o_p = p0 + tl.arange(0, BLOCK_P)
+        mp = o_p < n_parts
+        if REDUCTION != REDUCE_NONE:
+            total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
+        if HAS_CLIP:
+            clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
+    if REDUCTION == REDUCE_MEAN:
+        tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
+    elif REDUCTION == REDUCE_SUM:
+        tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
+    tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
+
+
 @triton.jit(do_not_specialize=["N", "M", "G", "n_parts"])
 def ppo_clip_stats_kernel(
     log_prob_ptr, prev_log_prob_ptr, advantage_ptr,
@@ -285,19 +306,8 @@ def ppo_clip_loss_kernel(
     tl.debug_barrier()
     ticket = tl.atomic_add(ticket_ptr, 1)
     if ticket == n_parts - 1:
-        total = tl.zeros([BLOCK_P], dtype=tl.float32)
-        clips = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)
-            mp = o_p < n_parts
-            if REDUCTION != REDUCE_NONE:
-                total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
-            clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
-        if REDUCTION == REDUCE_MEAN:
-            tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
-        elif REDUCTION == REDUCE_SUM:
-            tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
-        tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
+        _reduce_loss_and_clip_partials(p_loss_ptr, p_clip_ptr, n_parts, numel, loss_ptr, clip_fraction_ptr,
+                                       BLOCK_P, REDUCTION, True)
         tl.store(ticket_ptr, 0)
 
 
@@ -412,20 +422,8 @@ def ppo_critic_kernel(
     ticket = tl.atomic_add(ticket_ptr, 1)
     if ticket == n_parts - 1:
         numel = tl.cast(N * M, tl.float32)
-        total = tl.zeros([BLOCK_P], dtype=tl.float32)
-        clips = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)
-            mp = o_p < n_parts
-            if REDUCTION != REDUCE_NONE:
-                total += tl.load(p_loss_ptr + o_p, mask=mp, other=0.0)
-            if HAS_CLIP:
-                clips += tl.load(p_clip_ptr + o_p, mask=mp, other=0.0)
-        if REDUCTION == REDUCE_MEAN:
-            tl.store(loss_ptr, (tl.sum(total, axis=0) / numel).to(loss_ptr.dtype.element_ty))
-        elif REDUCTION == REDUCE_SUM:
-            tl.store(loss_ptr, tl.sum(total, axis=0).to(loss_ptr.dtype.element_ty))
-        tl.store(clip_fraction_ptr, (tl.sum(clips, axis=0) / numel).to(clip_fraction_ptr.dtype.element_ty))
+        _reduce_loss_and_clip_partials(p_loss_ptr, p_clip_ptr, n_parts, numel, loss_ptr, clip_fraction_ptr,
+                                       BLOCK_P, REDUCTION, HAS_CLIP)
         if EXPLAINED_VARIANCE:
             count, _, t_m2 = _merge_welford(p_t_count_ptr, p_t_mean_ptr, p_t_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)
             _, _, r_m2 = _merge_welford(p_t_count_ptr, p_r_mean_ptr, p_r_m2_ptr, n_parts, M, o_m, m_m, BLOCK_P, BM)

@@ -203,7 +203,7 @@ def test_headline_shows_the_update_steps_of_the_current_suite(tmp_path):
                                                                  ("fastmarl_compiled", 1.0))})
     data = json.loads(path.read_text())
     for bench in data["benchmarks"]:
-        (group, op, size), info = next((k, v) for k, v in cases.items() if k[0] == bench["group"])
+        (_, op, size), info = next((k, v) for k, v in cases.items() if k[0] == bench["group"])
         bench["extra_info"].update(op=op, size=size, **info)
     path.write_text(json.dumps(data))
     cats = {(c["op"], c["size"]): c for c in B.headline(B.load_results([path]))}

@@ -88,6 +88,12 @@ def _not_flag(flag: Tensor, out: Tensor) -> Tensor:
     return torch.eq(flag, 0, out=out)  # uint8: any non-zero byte is a set flag
 
 
+def _discount_dtype(acc: torch.dtype, lg) -> torch.dtype:
+    # The discount buffer holds λγ(1 - done): a λ or γ tensor wider than the accumulation dtype
+    # keeps its precision there, as the out-of-place product did before.
+    return torch.promote_types(acc, lg.dtype) if isinstance(lg, Tensor) else acc
+
+
 def _chunk_steps(num_rows_features: int, num_steps: int, chunk_elements: int) -> int:
     return max(1, min(num_steps, chunk_elements // max(1, num_rows_features)))
 
@@ -122,7 +128,8 @@ def gae_forward(
 
     advantage = torch.empty(R, T, F, dtype=acc, device=device)
     value_target = torch.empty(R, T, F, dtype=acc, device=device)
-    flags = torch.empty(R, _chunk_steps(R * F, T, chunk_elements), F, dtype=acc, device=device)
+    flags = torch.empty(R, _chunk_steps(R * F, T, chunk_elements), F, dtype=_discount_dtype(acc, lg),
+                        device=device)
     step_buffer = torch.empty(R, F, dtype=acc, device=device)
     later = None  # A_{t+1}, an [R, F] view into ``advantage``
     for t0, t1 in _time_chunks(R * F, T, True, chunk_elements):
@@ -170,7 +177,8 @@ def gae_backward(
     u.copy_(grads[0])
     for grad in grads[1:]:
         u.add_(grad)
-    flags = torch.empty(R, _chunk_steps(R * F, T, chunk_elements), F, dtype=acc, device=done.device)
+    flags = torch.empty(R, _chunk_steps(R * F, T, chunk_elements), F, dtype=_discount_dtype(acc, lg),
+                        device=done.device)
     step_buffer = torch.empty(R, F, dtype=acc, device=done.device)
     earlier = None  # u_{t-1}
     for t0, t1 in _time_chunks(R * F, T, False, chunk_elements):
